@@ -65,6 +65,9 @@ class VLMAdapter(Protocol):
     @property
     def eos_token_ids(self) -> list[int]: ...
 
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters by role: "vision", "projector", "llm" (for stage-wise freezing)."""
+
     def preprocess(self, pixels: torch.Tensor | Any, timestamps: Any) -> VideoInputs:
         """uint8 frames `[T, H, W, 3]` and their timestamps → model-ready pixels."""
 

@@ -104,6 +104,17 @@ class Qwen25VLAdapter:
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         return sorted({int(i) for i in ids} | ({im_end} if im_end is not None else set()))
 
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters by stage role: vision tower, projector (patch merger), language model."""
+        visual = self.hf.model.visual
+        projector = list(visual.merger.parameters())
+        projector_ids = {id(p) for p in projector}
+        return {
+            "vision": [p for p in visual.parameters() if id(p) not in projector_ids],
+            "projector": projector,
+            "llm": list(self.hf.model.language_model.parameters()) + list(self.hf.lm_head.parameters()),
+        }
+
     # -- video ----------------------------------------------------------------------------------
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
@@ -173,10 +184,6 @@ class Qwen25VLAdapter:
         ids = ids[:slot] + [self.video_token_id] * num_visual + ids[slot + 1 :]
         input_ids = torch.tensor(ids, dtype=torch.long)
         return Prompt(input_ids=input_ids, visual_mask=input_ids == self.video_token_id)
-
-    def response_text(self, reasoning: str | None, answer: str) -> str:
-        """The chain-of-thought target format shared by SFT and the format reward."""
-        return f"<think>{reasoning or ''}</think><answer>{answer}</answer>"
 
     def response_ids(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

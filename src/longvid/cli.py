@@ -1,0 +1,148 @@
+"""The `longvid` command. It only parses arguments and calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import LongvidError
+
+log = logging.getLogger("longvid")
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    """Shortcut flags become `key=value` overrides, applied before explicit `--set` ones."""
+    out = [f"{key}={getattr(args, attr)}" for attr, key in mapping.items() if getattr(args, attr, None) is not None]
+    return out + list(args.set or [])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    print(f"accuracy {100 * metrics['accuracy']:.1f}% (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .config import load_config
+    from .data.dataset import VideoDataset, load_jsonl
+    from .model import load_adapter
+    from .sft.trainer import SFTConfig, SFTTrainer
+
+    config = load_config(SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps"}))
+    samples, bad = load_jsonl(config.train, skip_bad=config.skip_bad)
+    dataset = VideoDataset(samples, root=Path(config.train).parent, video=config.video, skip_bad=config.skip_bad)
+    adapter = load_adapter(config.model)
+    trainer = SFTTrainer(adapter, config, samples, dataset.load_frames)
+    writer = SummaryWriter(str(Path(config.out_dir) / "tb"))
+    history = trainer.train(resume=args.resume, writer=writer)
+    writer.close()
+    skipped = len(bad) + getattr(dataset, "num_bad", 0)
+    print(f"trained {history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}; {skipped} bad rows skipped; "
+          f"checkpoints in {Path(config.out_dir) / 'checkpoints'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, VideoConfig
+    from .data.dataset import VideoDataset, load_jsonl
+    from .eval.mcq import frames_scaling, evaluate, write_result
+    from .eval.plots import plot_frames_scaling
+    from .model import load_adapter
+
+    samples, bad = load_jsonl(args.data, skip_bad=args.skip_bad)
+    samples = samples[: args.limit] if args.limit else samples
+    adapter = load_adapter(ModelConfig(path=args.model))
+    root = Path(args.data).parent
+
+    def loader(n: int):
+        return VideoDataset(samples, root=root, video=VideoConfig(num_frames=n, size=args.size), skip_bad=args.skip_bad).load_frames
+
+    out = Path(args.out)
+    result = evaluate(adapter, samples, loader(args.frames), max_new_tokens=args.max_new_tokens)
+    result.num_frames = args.frames
+    write_result(result, out, "eval")
+    print(f"accuracy {100 * result.accuracy:.1f}% (chance {100 * result.chance:.1f}%) on {len(samples)} samples; "
+          f"{len(bad)} bad rows skipped; {out / 'eval.md'}")
+    if args.frames_scaling:
+        counts = [int(x) for x in args.frames_scaling.split(",")]
+        results = frames_scaling(adapter, samples, loader, counts, max_new_tokens=args.max_new_tokens)
+        for r in results:
+            write_result(r, out, f"eval_{r.num_frames}f")
+        plot_frames_scaling({"model": [(r.num_frames, r.accuracy) for r in results]}, out / "frames_scaling.png", chance=result.chance)
+        print("frames scaling: " + ", ".join(f"{r.num_frames}f {100 * r.accuracy:.1f}%" for r in results))
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .video.synth import write_dataset
+
+    path = write_dataset(
+        args.out, args.num, num_frames=args.frames, size=args.size, seed=args.seed, as_files=not args.specs
+    )
+    print(f"wrote {args.num} samples to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longvid", description="Teach vision-language models to reason about long videos.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthetic data → CoT-SFT of the tiny model → evaluation → report")
+    p.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="the ≤2-minute variant used in CI")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sft", help="chain-of-thought supervised fine-tuning")
+    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("--train", help="training jsonl (overrides the config)")
+    p.add_argument("--out-dir", dest="out_dir", help="run folder (overrides the config)")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. optim.lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("eval", help="multiple-choice evaluation (accuracy overall and per category)")
+    p.add_argument("--data", required=True, help="jsonl dataset")
+    p.add_argument("--model", help="checkpoint folder (default: the untrained tiny model)")
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--frames-scaling", help="comma-separated frame counts, e.g. 16,32,64")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write synthetic long-video reasoning samples (mp4 + jsonl)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num", type=int, default=200)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--specs", action="store_true", help="write synthetic specs instead of mp4 files")
+    p.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except LongvidError as e:
+        print(f"longvid: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Multiple-choice evaluation: greedy generation, robust letter extraction, accuracy by category."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.schema import Sample
+from ..inputs import encode_sample
+from ..model.adapter import VLMAdapter
+from ..model.sampling import SamplingConfig, sample
+from ..video.decode import Frames
+from .extract import extract_letter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Record:
+    id: str
+    category: str
+    answer: str
+    predicted: str | None
+    correct: bool
+    response: str
+
+
+@dataclass
+class EvalResult:
+    records: list[Record]
+    accuracy: float
+    chance: float
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    num_frames: int | None = None
+
+    def summary(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "chance": self.chance,
+            "num_samples": len(self.records),
+            "num_frames": self.num_frames,
+            "per_category": self.per_category,
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    adapter: VLMAdapter,
+    samples: list[Sample],
+    load_frames: Callable[[Sample], Frames],
+    *,
+    max_new_tokens: int = 64,
+    encode_chunk: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalResult:
+    """Greedy-answer every sample and score the extracted letter against the answer."""
+    if not samples:
+        raise ValueError("nothing to evaluate: the evaluation set is empty")
+    adapter.model.eval()
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
+    records = []
+    for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
+        frames = load_frames(s)
+        enc = encode_sample(adapter, s, frames.pixels, frames.timestamps, chunk=encode_chunk)
+        embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
+        out = sample(adapter, embeds, positions, 1, config)
+        text = adapter.decode(out.tokens[0, : int(out.lengths[0])])
+        predicted = extract_letter(text, letters="".join(s.letters)) if s.options else text.strip()
+        records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
+    return score(records, samples)
+
+
+def score(records: list[Record], samples: list[Sample]) -> EvalResult:
+    by_cat: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_cat[r.category].append(r)
+    chance_of = {s.id: (1 / len(s.options) if s.options else 0.0) for s in samples}
+    per_category = {
+        cat: {
+            "accuracy": sum(r.correct for r in rs) / len(rs),
+            "chance": sum(chance_of[r.id] for r in rs) / len(rs),
+            "count": len(rs),
+        }
+        for cat, rs in sorted(by_cat.items())
+    }
+    return EvalResult(
+        records=records,
+        accuracy=sum(r.correct for r in records) / len(records),
+        chance=sum(chance_of[r.id] for r in records) / len(records),
+        per_category=per_category,
+    )
+
+
+def markdown_table(results: dict[str, EvalResult]) -> str:
+    """One column per named result (e.g. "after SFT", "after GRPO"), one row per category."""
+    names = list(results)
+    cats = sorted({c for r in results.values() for c in r.per_category})
+    first = results[names[0]]
+    lines = [
+        "| category | n | chance | " + " | ".join(names) + " |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for cat in cats:
+        row = first.per_category.get(cat, {"count": 0, "chance": 0.0})
+        accs = " | ".join(f"{100 * r.per_category.get(cat, {}).get('accuracy', float('nan')):.1f}" for r in results.values())
+        lines.append(f"| {cat} | {row['count']} | {100 * row['chance']:.1f} | {accs} |")
+    accs = " | ".join(f"**{100 * r.accuracy:.1f}**" for r in results.values())
+    lines.append(f"| **overall** | {len(first.records)} | {100 * first.chance:.1f} | {accs} |")
+    return "\n".join(lines)
+
+
+def write_result(result: EvalResult, out_dir: str | Path, name: str = "eval") -> Path:
+    """`{name}.json` (summary and every record) and `{name}.md` (the table)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**result.summary(), "records": [asdict(r) for r in result.records]}
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out_dir / f"{name}.md").write_text(markdown_table({name: result}) + "\n")
+    return out_dir / f"{name}.json"
+
+
+def frames_scaling(
+    adapter: VLMAdapter,
+    samples: list[Sample],
+    loader_for: Callable[[int], Callable[[Sample], Frames]],
+    frame_counts: list[int],
+    **kwargs,
+) -> list[EvalResult]:
+    """Accuracy at each frame count (16, 32, 64, …): `loader_for(n)` samples n frames per video."""
+    results = []
+    for n in frame_counts:
+        result = evaluate(adapter, samples, loader_for(n), desc=f"eval@{n}f", **kwargs)
+        result.num_frames = n
+        log.info("frames %d: accuracy %.3f (chance %.3f)", n, result.accuracy, result.chance)
+        results.append(result)
+    return results
