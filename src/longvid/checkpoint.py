@@ -85,26 +85,19 @@ def _prune(out_dir: Path, keep: int) -> None:
 
 def load_model_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Load weights saved by `save_checkpoint` into `model` (full model or a peft LoRA adapter)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     adapter_file = folder / "adapter_model.safetensors"
     if adapter_file.is_file():
         from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
         result = set_peft_model_state_dict(model, load_file(str(adapter_file)))
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise RuntimeError(f"{adapter_file}: unexpected keys {unexpected[:5]}")
         return
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
+    if not any(folder.glob("model*.safetensors")):
         raise FileNotFoundError(f"{folder}: no model*.safetensors to resume from")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise RuntimeError(f"{folder}: checkpoint does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    # from_pretrained applies the checkpoint key conversions that save_pretrained applied.
+    saved = type(model).from_pretrained(str(folder), dtype=next(model.parameters()).dtype, use_safetensors=True)
+    model.load_state_dict(saved.state_dict())

@@ -150,7 +150,7 @@ class SFTTrainer:
         self.epoch = 0
         self.cursor = 0  # position inside the epoch's order
         self.history: list[dict[str, float]] = []
-        self.out_dir = Path(config.out_dir)
+        self.checkpoint_dir = Path(config.out_dir) / "checkpoints"
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
@@ -168,7 +168,7 @@ class SFTTrainer:
         return out
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.out_dir)
+        path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
         load_model_weights(self.adapter.model, path / "model")
@@ -189,7 +189,7 @@ class SFTTrainer:
             "cursor": self.cursor,
             "history": self.history,
         }
-        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.adapter.model, self.adapter.tokenizer, state)
+        return save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
 
     def train_step(self) -> dict[str, float]:
         adapter, cfg = self.adapter, self.config
@@ -233,7 +233,7 @@ class SFTTrainer:
     def train(self, *, resume: bool = False, writer=None) -> list[dict[str, float]]:
         cfg = self.config
         if resume and not self.resume():
-            log.info("no checkpoint in %s; starting fresh", self.out_dir)
+            log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="sft", disable=not cfg.progress, dynamic_ncols=True)
         while self.step < cfg.steps:
             record = self.train_step()

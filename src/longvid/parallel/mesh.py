@@ -1,0 +1,176 @@
+"""The process groups: data parallel x sequence parallel, sequence parallel = Ulysses x ring.
+
+Global ranks are laid out row-major over `(dp, ring, ulysses)`, as in LongVILA's 2-D attention and
+USP: the ranks of one Ulysses group are consecutive (inside a node, where all-to-all is cheap),
+the ranks of one ring group are strided (across nodes, where point-to-point traffic overlaps with
+compute). A sequence-parallel group is one `(ring, ulysses)` plane; SP rank = ring_rank * U +
+ulysses_rank.
+
+One process with no `torch.distributed` is `Mesh.single()`: every size is 1, every group is
+`None`, and every collective in `longvid.parallel` is a no-op on it — callers never special-case
+it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from longvid.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DIMS = ("dp", "ring", "ulysses")
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """Who this process is in the dp x (ring x ulysses) grid, and the groups to talk to."""
+
+    dp_size: int = 1
+    ring_size: int = 1
+    ulysses_size: int = 1
+    rank: int = 0
+    # A torch DeviceMesh with dims ("dp", "ring", "ulysses") and flattened "sp" and "dp_sp" (the
+    # latter is what FSDP2 shards parameters over: SP ranks hold the same weights). None when
+    # this is one process.
+    device_mesh: object | None = None
+
+    def __post_init__(self):
+        if self.device_mesh is None and self.world_size > 1:
+            raise ConfigError("a mesh of more than one process needs its DeviceMesh: build it with init_mesh()")
+
+    @classmethod
+    def single(cls) -> Mesh:
+        return cls()
+
+    # sizes and coordinates ------------------------------------------------------------------
+    @property
+    def sp_size(self) -> int:
+        return self.ring_size * self.ulysses_size
+
+    @property
+    def world_size(self) -> int:
+        return self.dp_size * self.sp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp_size
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp_size
+
+    @property
+    def ring_rank(self) -> int:
+        return self.sp_rank // self.ulysses_size
+
+    @property
+    def ulysses_rank(self) -> int:
+        return self.sp_rank % self.ulysses_size
+
+    def sp_global_rank(self, sp_rank: int) -> int:
+        """Global rank of SP rank `sp_rank` in this process's SP group."""
+        return self.dp_rank * self.sp_size + sp_rank
+
+    # groups -----------------------------------------------------------------------------------
+    def group(self, name: str):
+        """The process group `name` ("dp", "sp", "ring", "ulysses", "dp_sp"), None if one process."""
+        if self.device_mesh is None:
+            return None
+        return self.device_mesh[name].get_group()
+
+    @property
+    def groups(self) -> dict:
+        return {name: self.group(name) for name in ("dp", "sp", "ring", "ulysses", "dp_sp")}
+
+    @property
+    def sp_group(self):
+        return self.group("sp")
+
+    @property
+    def dp_group(self):
+        return self.group("dp")
+
+    @property
+    def ulysses_group(self):
+        return self.group("ulysses")
+
+    @property
+    def ring_group(self):
+        return self.group("ring")
+
+
+def resolve_sizes(world_size: int, sp: int = 1, ulysses: int | None = None, ring: int | None = None):
+    """Check a requested layout against the world size and return `(dp, ring, ulysses)`.
+
+    Ulysses defaults to the whole SP group (ring of 1) when neither split is given; when one is
+    given the other is what is left. Raises `ConfigError` naming the impossible value.
+    """
+    if sp < 1:
+        raise ConfigError(f"sequence parallel size sp={sp} must be at least 1")
+    if sp > world_size:
+        raise ConfigError(f"sequence parallel size sp={sp} is larger than the world size {world_size}")
+    if world_size % sp:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by sp={sp}: data parallel needs whole SP groups"
+        )
+    if ulysses is None and ring is None:
+        ulysses, ring = sp, 1
+    elif ulysses is None:
+        if ring < 1 or sp % ring:
+            raise ConfigError(f"ring={ring} does not divide sp={sp}")
+        ulysses = sp // ring
+    elif ring is None:
+        if ulysses < 1 or sp % ulysses:
+            raise ConfigError(f"ulysses={ulysses} does not divide sp={sp}")
+        ring = sp // ulysses
+    if ulysses < 1 or ring < 1 or ulysses * ring != sp:
+        raise ConfigError(f"ulysses x ring must equal sp: {ulysses} x {ring} != {sp}")
+    return world_size // sp, ring, ulysses
+
+
+def check_heads(num_heads: int, num_kv_heads: int, ulysses: int) -> None:
+    """Ulysses scatters heads: they must split evenly, and GQA KV heads must split or repeat evenly."""
+    if num_heads % ulysses:
+        raise ConfigError(f"{num_heads} attention heads do not divide by the Ulysses size {ulysses}")
+    if num_heads % num_kv_heads:
+        raise ConfigError(f"{num_heads} attention heads are not a multiple of {num_kv_heads} KV heads")
+    if num_kv_heads % ulysses and ulysses % num_kv_heads:
+        raise ConfigError(
+            f"{num_kv_heads} KV heads cannot be spread over Ulysses size {ulysses}: "
+            "need kv_heads % ulysses == 0 or ulysses % kv_heads == 0"
+        )
+
+
+def init_mesh(sp: int = 1, ulysses: int | None = None, ring: int | None = None) -> Mesh:
+    """The mesh of this job: from torch.distributed if initialised, else from torchrun's env.
+
+    Validates the layout before any process group is created. Without torch.distributed and
+    without a multi-process torchrun environment this is `Mesh.single()` (when sp == 1).
+    """
+    from longvid.parallel.launch import init_distributed
+
+    if dist.is_available() and dist.is_initialized():
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    dp, ring_size, ulysses_size = resolve_sizes(world_size, sp, ulysses, ring)
+    if world_size == 1 and not (dist.is_available() and dist.is_initialized()):
+        return Mesh.single()
+    if not dist.is_initialized():
+        init_distributed()
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    dm = init_device_mesh(device_type, (dp, ring_size, ulysses_size), mesh_dim_names=DIMS)
+    # `_flatten` is how torchtitan names merged dims; it registers "sp"/"dp_sp" on the root mesh.
+    dm["ring", "ulysses"]._flatten("sp")
+    dm["dp", "ring", "ulysses"]._flatten("dp_sp")
+    mesh = Mesh(dp_size=dp, ring_size=ring_size, ulysses_size=ulysses_size, rank=rank, device_mesh=dm)
+    log.info("mesh: dp=%d x sp=%d (ring %d x ulysses %d), rank %d", dp, mesh.sp_size, ring_size, ulysses_size, rank)
+    return mesh

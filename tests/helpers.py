@@ -1,0 +1,37 @@
+"""Small in-memory fixtures shared by tests: frames and samples without touching the disk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from longvid.data.schema import Sample
+from longvid.video.decode import Frames
+
+COLOURS = np.array([[220, 30, 30], [30, 200, 30], [30, 60, 230], [230, 220, 30]], np.uint8)
+PHASES = ("beginning", "early middle", "late middle", "end")
+
+
+def flash_sample(i: int, num_frames: int = 16, size: int = 56) -> tuple[Sample, Frames]:
+    """A red flash in one quarter of a noisy grey video; the answer is that quarter."""
+    rng = np.random.default_rng(i)
+    quarter = int(rng.integers(4))
+    pixels = np.full((num_frames, size, size, 3), 90, np.uint8) + rng.integers(0, 20, (num_frames, size, size, 3), dtype=np.uint8)
+    seg = num_frames // 4
+    start = quarter * seg
+    pixels[start : start + 2] = COLOURS[0]
+    sample = Sample(
+        id=f"flash-{i}",
+        video=f"videos/flash-{i}.mp4",
+        question="When does the red flash happen?",
+        answer="ABCD"[quarter],
+        category="temporal",
+        options=PHASES,
+        reasoning=f"The red flash happens in the {PHASES[quarter]} of the video.",
+    )
+    return sample, Frames(pixels=pixels, timestamps=np.arange(num_frames) * 0.5, source=sample.video)
+
+
+def flash_set(n: int, offset: int = 0, **kw):
+    pairs = [flash_sample(offset + i, **kw) for i in range(n)]
+    frames = {s.id: f for s, f in pairs}
+    return [s for s, _ in pairs], lambda s: frames[s.id]
