@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import torch
 
 from longvid.data.schema import Sample
 from longvid.video.decode import Frames
@@ -35,3 +38,23 @@ def flash_set(n: int, offset: int = 0, **kw):
     pairs = [flash_sample(offset + i, **kw) for i in range(n)]
     frames = {s.id: f for s, f in pairs}
     return [s for s, _ in pairs], lambda s: frames[s.id]
+
+
+def _full_precision_rmsnorm(self, x):
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+
+@contextlib.contextmanager
+def exact_float64_norms():
+    """Hugging Face's RMSNorm computes in float32 even for float64 inputs, so two float64 paths
+    that differ by 1e-16 can round apart by 1e-8. Equivalence tests run the norm in the input dtype
+    to see the exactness of *our* code."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    original = qwen.Qwen2_5_VLRMSNorm.forward
+    qwen.Qwen2_5_VLRMSNorm.forward = _full_precision_rmsnorm
+    try:
+        yield
+    finally:
+        qwen.Qwen2_5_VLRMSNorm.forward = original

@@ -12,13 +12,14 @@ def token_logprobs(
 ) -> torch.Tensor:
     """Log-probability of each target under the LM head applied to `hidden` (`[..., D]` → `[...]`).
 
-    Computed in float32 in chunks, so the full `[S, vocab]` logits never exist at once.
+    Computed in at least float32, in chunks, so the full `[S, vocab]` logits never exist at once.
     """
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1).to(flat_h.device)
     out = []
     for start in range(0, flat_h.shape[0], chunk):
-        logits = adapter.logits(flat_h[start : start + chunk]).float()
+        logits = adapter.logits(flat_h[start : start + chunk])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if temperature != 1.0:
             logits = logits / temperature
         logp = torch.log_softmax(logits, dim=-1)
