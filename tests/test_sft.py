@@ -10,7 +10,8 @@ from longvid.config import ModelConfig
 from longvid.errors import ConfigError
 from longvid.inputs import encode_sample, target_text, with_response
 from longvid.model import load_adapter
-from longvid.sft.trainer import LoRAConfig, OptimConfig, SFTConfig, SFTTrainer, lr_lambda
+from longvid.sft.trainer import SFTConfig, SFTTrainer
+from longvid.training import LoRAConfig, OptimConfig, lr_lambda
 
 
 def _config(tmp_path, **kw):

@@ -13,7 +13,8 @@ from .data.dataset import VideoDataset, load_jsonl
 from .eval.mcq import frames_scaling, markdown_table, write_result, evaluate
 from .eval.plots import plot_category_bars, plot_curves, plot_frames_scaling
 from .model import load_adapter
-from .sft.trainer import OptimConfig, SFTConfig, SFTTrainer
+from .sft.trainer import SFTConfig, SFTTrainer
+from .training import OptimConfig
 from .video.synth import CATEGORIES, write_dataset
 
 log = logging.getLogger(__name__)

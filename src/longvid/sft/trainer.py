@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,41 +22,10 @@ from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import encode_sample, target_text, with_response
 from ..model.adapter import VLMAdapter
+from ..training import EpochSampler, LoRAConfig, OptimConfig, apply_trainable, build_optimizer
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class LoRAConfig:
-    rank: int = 0  # 0 disables LoRA
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = dataclasses.field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-
-    def validate(self) -> None:
-        if self.rank < 0:
-            raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
-
-
-@dataclasses.dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 10
-    max_grad_norm: float = 1.0
-
-    def validate(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclasses.dataclass
@@ -92,38 +60,6 @@ class SFTConfig:
             raise ConfigError("everything is frozen: nothing would train")
 
 
-def apply_trainable(adapter: VLMAdapter, config: SFTConfig) -> VLMAdapter:
-    """Freeze stages as configured and wrap the LLM with LoRA when `lora.rank > 0`."""
-    groups = adapter.parameter_groups()
-    for name, frozen in (("vision", config.freeze_vision), ("projector", config.freeze_projector), ("llm", config.freeze_llm)):
-        for p in groups[name]:
-            p.requires_grad_(not frozen)
-    if config.lora.rank > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = "|".join(config.lora.target_modules)
-        lora = LoraConfig(
-            r=config.lora.rank,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=rf".*language_model.*\.({targets})",
-        )
-        keep_training = [p for name in ("vision", "projector") for p in groups[name] if p.requires_grad]
-        adapter.model = get_peft_model(adapter.model, lora)
-        # peft freezes every base weight; the vision stages the user asked to train stay trainable.
-        for p in keep_training:
-            p.requires_grad_(True)
-    return adapter
-
-
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 class SFTTrainer:
     def __init__(
         self,
@@ -135,37 +71,20 @@ class SFTTrainer:
         if not samples:
             raise ConfigError("the training set is empty")
         self.config = config
-        self.adapter = apply_trainable(adapter, config)
+        self.adapter = apply_trainable(
+            adapter,
+            config.lora,
+            freeze_vision=config.freeze_vision,
+            freeze_projector=config.freeze_projector,
+            freeze_llm=config.freeze_llm,
+        )
         self.samples = samples
         self.load_frames = load_frames
-        params = [p for p in self.adapter.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_lambda(s, config.optim.warmup_steps, config.steps, config.optim.min_lr_ratio),
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
+        self.sampler = EpochSampler(len(samples), config.seed)
         self.step = 0
-        self.epoch = 0
-        self.cursor = 0  # position inside the epoch's order
         self.history: list[dict[str, float]] = []
         self.checkpoint_dir = Path(config.out_dir) / "checkpoints"
-
-    def _order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.samples), generator=g).tolist()
-
-    def _next_samples(self, n: int) -> list[Sample]:
-        out = []
-        while len(out) < n:
-            order = self._order(self.epoch)
-            take = order[self.cursor : self.cursor + n - len(out)]
-            out += [self.samples[i] for i in take]
-            self.cursor += len(take)
-            if self.cursor >= len(order):
-                self.epoch, self.cursor = self.epoch + 1, 0
-        return out
 
     def resume(self) -> bool:
         path = latest_checkpoint(self.checkpoint_dir)
@@ -175,7 +94,8 @@ class SFTTrainer:
         state = load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
         self.history = [dict(h) for h in state["history"]]
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -185,8 +105,7 @@ class SFTTrainer:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "cursor": self.cursor,
+            "sampler": self.sampler.state_dict(),
             "history": self.history,
         }
         return save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
@@ -194,7 +113,7 @@ class SFTTrainer:
     def train_step(self) -> dict[str, float]:
         adapter, cfg = self.adapter, self.config
         adapter.model.train()
-        batch = self._next_samples(cfg.grad_accum)
+        batch = [self.samples[i] for i in self.sampler.take(cfg.grad_accum)]
         started = time.perf_counter()
         targets = [adapter.response_ids(target_text(s)) for s in batch]
         total_tokens = sum(len(t) for t in targets)
