@@ -26,42 +26,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_set(config):
+    """The training rows with their videos checked up front (bad ones skipped and counted, or an error)."""
+    from .data.dataset import VideoDataset
+
+    dataset = VideoDataset.from_jsonl(config.train, skip_bad=config.skip_bad, video=config.video)
+    dataset.validate_videos(progress=config.progress)
+    if dataset.num_bad:
+        log.warning("skipped %d bad rows of %s", dataset.num_bad, config.train)
+    return dataset
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from .config import load_config
-    from .data.dataset import VideoDataset, load_jsonl
     from .model import load_adapter
     from .sft.trainer import SFTConfig, SFTTrainer
 
     config = load_config(SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps"}))
-    samples, bad = load_jsonl(config.train, skip_bad=config.skip_bad)
-    dataset = VideoDataset(samples, root=Path(config.train).parent, video=config.video, skip_bad=config.skip_bad)
+    dataset = _training_set(config)
     adapter = load_adapter(config.model)
-    trainer = SFTTrainer(adapter, config, samples, dataset.load_frames)
+    trainer = SFTTrainer(adapter, config, dataset.samples, dataset.load_frames)
     writer = SummaryWriter(str(Path(config.out_dir) / "tb"))
     history = trainer.train(resume=args.resume, writer=writer)
     writer.close()
-    skipped = len(bad) + getattr(dataset, "num_bad", 0)
-    print(f"trained {history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}; {skipped} bad rows skipped; "
-          f"checkpoints in {Path(config.out_dir) / 'checkpoints'}")
+    print(f"trained {history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}; {dataset.num_bad} bad rows "
+          f"skipped; checkpoints in {Path(config.out_dir) / 'checkpoints'}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import ModelConfig, VideoConfig
-    from .data.dataset import VideoDataset, load_jsonl
+    from .data.dataset import VideoDataset
     from .eval.mcq import frames_scaling, evaluate, write_result
     from .eval.plots import plot_frames_scaling
     from .model import load_adapter
 
-    samples, bad = load_jsonl(args.data, skip_bad=args.skip_bad)
-    samples = samples[: args.limit] if args.limit else samples
+    data = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=VideoConfig(num_frames=args.frames, size=args.size))
+    data.validate_videos()
+    bad = data.bad
+    samples = data.samples[: args.limit] if args.limit else data.samples
     adapter = load_adapter(ModelConfig(path=args.model))
-    root = Path(args.data).parent
 
     def loader(n: int):
-        return VideoDataset(samples, root=root, video=VideoConfig(num_frames=n, size=args.size), skip_bad=args.skip_bad).load_frames
+        return VideoDataset(samples, root=data.root, video=VideoConfig(num_frames=n, size=args.size)).load_frames
 
     out = Path(args.out)
     result = evaluate(adapter, samples, loader(args.frames), max_new_tokens=args.max_new_tokens)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelConfig, VideoConfig
-from .data.dataset import VideoDataset, load_jsonl
+from .data.dataset import VideoDataset
 from .eval.mcq import frames_scaling, markdown_table, write_result, evaluate
 from .eval.plots import plot_category_bars, plot_curves, plot_frames_scaling
 from .model import load_adapter
@@ -49,11 +49,10 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     test_jsonl = write_dataset(out / "data" / "test", plan.test_samples, num_frames=plan.video_frames, seed=seed + 10_000, progress=progress)
     timings["data_s"] = time.perf_counter() - t
 
-    train, _ = load_jsonl(train_jsonl)
-    test, _ = load_jsonl(test_jsonl)
     video = VideoConfig(num_frames=plan.train_frames, size=56)
-    train_set = VideoDataset(train, root=train_jsonl.parent, video=video, cache=True)
-    test_set = VideoDataset(test, root=test_jsonl.parent, video=video, cache=True)
+    train_set = VideoDataset.from_jsonl(train_jsonl, video=video, cache=True)
+    test_set = VideoDataset.from_jsonl(test_jsonl, video=video, cache=True)
+    train, test = train_set.samples, test_set.samples
 
     t = time.perf_counter()
     adapter = load_adapter(ModelConfig(seed=seed))

@@ -71,7 +71,20 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer():
+def _synthetic_corpus(per_task: int = 200) -> list[str]:
+    """Questions, options and reasoning of the synthetic tasks, so their words are single tokens."""
+    from ..inputs import question_text, target_text
+    from ..video.synth import ALL_TASKS, make_sample
+
+    lines = []
+    for task in ALL_TASKS:
+        for seed in range(per_task):
+            sample, _ = make_sample(task, seed, 16, 56)
+            lines += [question_text(sample), target_text(sample)]
+    return lines
+
+
+def build_tokenizer(extra_corpus: list[str] | None = None):
     """Train the byte-level BPE deterministically and wrap it as a Hugging Face tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -85,7 +98,7 @@ def build_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() + list(extra_corpus or []), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -170,7 +183,7 @@ def main() -> None:
     parser.add_argument("--write-tokenizer", action="store_true", help=f"rebuild {TOKENIZER_DIR}")
     args = parser.parse_args()
     if args.write_tokenizer:
-        build_tokenizer().save_pretrained(str(TOKENIZER_DIR))
+        build_tokenizer(_synthetic_corpus()).save_pretrained(str(TOKENIZER_DIR))
         logging.basicConfig(level=logging.INFO)
         log.info("wrote %s", TOKENIZER_DIR)
 

@@ -24,11 +24,19 @@ import torch
 
 from longvid.data.schema import OPTION_LETTERS
 from longvid.errors import ConfigError, LongvidError
-from longvid.eval.extract import answer_text, extract_choice, extract_letter, extract_number, normalize_text, parse_response
+from longvid.eval.extract import (
+    answer_text,
+    extract_choice,
+    extract_letter,
+    extract_number,
+    normalize_text,
+    parse_response,
+)
 
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Sequence[float | None]]
+Columns = Mapping[str, Sequence[Any]]
 KINDS = ("choice", "number", "text")
 DEFAULT_WEIGHTS = {"accuracy": 0.9, "format": 0.1}
 
@@ -119,7 +127,8 @@ def accuracy_reward(
     options = options if options is not None else [None] * n
     if not len(answers) == len(kinds) == len(options) == n:
         raise ValueError(
-            f"accuracy_reward got {n} completions, {len(answers)} answers, {len(kinds)} kinds, {len(options)} options"
+            f"accuracy_reward got {n} completions, {len(answers)} answers, "
+            f"{len(kinds)} kinds, {len(options)} options"
         )
     return [grade(c, a, k, o, rel_tol=rel_tol) for c, a, k, o in zip(completions, answers, kinds, options)]
 
@@ -152,7 +161,9 @@ def load_reward_function(spec: str) -> RewardFn:
             ) from exc
         raise ConfigError(f"reward function {spec!r}: importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:  # the module's own code failed while importing
-        raise ConfigError(f"reward function {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"reward function {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -193,7 +204,7 @@ class RewardSuite:
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         for name, weight in weights.items():
-            if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            if not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                 raise ConfigError(f"reward weight of {name!r} must be a finite number, got {weight!r}")
         self.names = tuple(self.funcs)
         self.weights = torch.tensor([float(weights[name]) for name in self.names], dtype=torch.float32)
@@ -203,7 +214,9 @@ class RewardSuite:
         """Build from `{name or "module:function": weight}`, e.g. a config's reward section."""
         return cls({spec: load_reward_function(spec) for spec in weights}, weights)
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]) -> RewardOutput:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
+    ) -> RewardOutput:
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"got {len(prompts)} prompts for {n} completions")
@@ -215,29 +228,41 @@ class RewardSuite:
         all_none = torch.isnan(per_func).all(dim=1)
         if all_none.any():
             first = int(all_none.nonzero()[0])
-            logger.warning("every reward function returned None for %d sample(s), e.g. index %d; their reward is 0",
-                           int(all_none.sum()), first)
+            logger.warning(
+                "every reward function returned None for %d sample(s), e.g. index %d; their reward is 0",
+                int(all_none.sum()), first,
+            )
         total = torch.nansum(per_func * self.weights, dim=1)
         return RewardOutput(self.names, per_func, self.weights, total)
 
-    def _run(self, name: str, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]) -> list[float]:
+    def _run(self, name: str, prompts: Sequence[Any], completions: Sequence[Any], columns: Columns) -> list[float]:
         fn = self.funcs[name]
         try:
             values = fn(prompts=prompts, completions=completions, **columns)
         except Exception as exc:
             index = self._failing_index(fn, prompts, completions, columns)
-            where = f"on sample {index}{_sample_id(columns, index)}" if index is not None else f"on a batch of {len(completions)}"
+            where = (
+                f"on sample {index}{_sample_id(columns, index)}"
+                if index is not None
+                else f"on a batch of {len(completions)}"
+            )
             raise RewardError(f"reward function {name!r} raised {where}: {type(exc).__name__}: {exc}") from exc
         if isinstance(values, torch.Tensor):
             values = values.tolist()
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-            raise RewardError(f"reward function {name!r} returned a {type(values).__name__}, not a list of rewards")
+            raise RewardError(
+                f"reward function {name!r} returned a {type(values).__name__}, not a list of rewards"
+            )
         if len(values) != len(completions):
-            raise RewardError(f"reward function {name!r} returned {len(values)} rewards for {len(completions)} completions")
+            raise RewardError(
+                f"reward function {name!r} returned {len(values)} rewards for {len(completions)} completions"
+            )
         return [_reward_value(name, i, v, columns) for i, v in enumerate(values)]
 
     @staticmethod
-    def _failing_index(fn: RewardFn, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]) -> int | None:
+    def _failing_index(
+        fn: RewardFn, prompts: Sequence[Any], completions: Sequence[Any], columns: Columns
+    ) -> int | None:
         """Re-run sample by sample (only after a failure) to name the first sample that fails."""
         for i in range(len(completions)):
             try:
@@ -247,21 +272,23 @@ class RewardSuite:
         return None
 
 
-def _sample_id(columns: Mapping[str, Sequence[Any]], index: int) -> str:
+def _sample_id(columns: Columns, index: int) -> str:
     return f" (id {columns['id'][index]!r})" if "id" in columns else ""
 
 
-def _reward_value(name: str, index: int, value: Any, columns: Mapping[str, Sequence[Any]]) -> float:
+def _reward_value(name: str, index: int, value: Any, columns: Columns) -> float:
     if value is None:
         return math.nan
     if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars
         value = float(value)
         if math.isinf(value):
-            raise RewardError(f"reward function {name!r} returned {value} for sample {index}{_sample_id(columns, index)}")
+            raise RewardError(
+                f"reward function {name!r} returned {value} for sample {index}{_sample_id(columns, index)}"
+            )
         return value  # an explicit NaN reads as None: not applicable
     raise RewardError(
-        f"reward function {name!r} returned a {type(value).__name__} for sample {index}{_sample_id(columns, index)}; "
-        "expected a number or None"
+        f"reward function {name!r} returned a {type(value).__name__} "
+        f"for sample {index}{_sample_id(columns, index)}; expected a number or None"
     )
 
 
@@ -277,9 +304,8 @@ def combined_reward(
     `weights` overrides `DEFAULT_WEIGHTS` (0.9 accuracy, 0.1 format) key by key.
     """
     n = len(completions)
-    suite = RewardSuite(
-        {"accuracy": _accuracy_from_columns, "format": format_reward}, {**DEFAULT_WEIGHTS, **(weights or {})}
-    )
+    funcs = {name: BUILTIN_REWARDS[name] for name in DEFAULT_WEIGHTS}
+    suite = RewardSuite(funcs, {**DEFAULT_WEIGHTS, **(weights or {})})
     out = suite(
         [None] * n, completions, answer=answers,
         kind=kinds if kinds is not None else [None] * n,
