@@ -32,16 +32,22 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
             f"unknown key(s) {', '.join(_join(where, k) for k in unknown)}; known: {', '.join(sorted(fields))}"
         )
     kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
-    return obj
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+
+
+class Validated:
+    """Config dataclasses validate themselves on construction, from YAML or from Python alike."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        pass
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(Validated):
     """Which model: a local checkpoint folder, or the embedded tiny default when `path` is None."""
 
     path: str | None = None
@@ -139,7 +145,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class VideoConfig:
+class VideoConfig(Validated):
     """How frames are sampled from each video and resized."""
 
     num_frames: int | None = 32

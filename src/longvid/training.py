@@ -8,12 +8,13 @@ import math
 
 import torch
 
+from .config import Validated
 from .errors import ConfigError
 from .model.adapter import VLMAdapter
 
 
 @dataclasses.dataclass
-class LoRAConfig:
+class LoRAConfig(Validated):
     rank: int = 0  # 0 disables LoRA
     alpha: float = 16.0
     dropout: float = 0.0
@@ -27,7 +28,7 @@ class LoRAConfig:
 
 
 @dataclasses.dataclass
-class OptimConfig:
+class OptimConfig(Validated):
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
-from ..config import ModelConfig, VideoConfig
+from ..config import ModelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import Encoded, question_text
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class GRPOConfig:
+class GRPOConfig(Validated):
     train: str = ""
     out_dir: str = "runs/grpo"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -195,7 +195,7 @@ class GRPOTrainer:
 
         kept = [i for i in range(len(groups)) if keep[i]]
         total_tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
-        stats: dict[str, list[float]] = {"kl": [], "clip": [], "drift": [], "drift_max": []}
+        stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip": [], "drift": [], "drift_max": []}
         old_logps: dict[int, torch.Tensor] = {}
         adapter.model.train()
         for iteration in range(cfg.num_iterations):
@@ -234,6 +234,7 @@ class GRPOTrainer:
                 )
                 loss.backward()
                 times["backward"] += time.perf_counter() - t
+                stats["loss"].append(float(loss))
                 stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
                 stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
             grad_norm = self._optimizer_step() if kept else 0.0
@@ -243,6 +244,7 @@ class GRPOTrainer:
         means = rewards.means()
         record = {
             "step": self.step,
+            "loss": sum(stats["loss"]) / cfg.num_iterations,
             "reward": float(rewards.total.mean()),
             **{f"reward/{name}": value for name, value in means.items()},
             "accuracy": means.get("accuracy", float("nan")),

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
-from ..config import ModelConfig, VideoConfig
+from ..config import ModelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import encode_sample, target_text, with_response
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(Validated):
     train: str = ""  # jsonl dataset
     out_dir: str = "runs/sft"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

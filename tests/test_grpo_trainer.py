@@ -1,0 +1,96 @@
+"""The GRPO trainer: encode once, zero rollout/training drift, reference KL, exact resume."""
+
+import pytest
+import torch
+
+from helpers import flash_set
+from longvid.config import ModelConfig, VideoConfig
+from longvid.errors import ConfigError
+from longvid.model import load_adapter
+from longvid.rl.trainer import GRPOConfig, GRPOTrainer
+from longvid.training import OptimConfig
+
+
+def _config(tmp_path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train = tmp_path / "train.jsonl"
+    train.write_text("{}\n")
+    base = dict(train=str(train), out_dir=str(tmp_path / "run"), steps=2, batch_size=2, group_size=4,
+                max_new_tokens=8, progress=False, log_every=0, video=VideoConfig(num_frames=8),
+                optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def _count_vision_calls(adapter):
+    calls = {"n": 0}
+    adapter.hf.model.visual.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_each_video_is_encoded_once_and_rollout_equals_training_inputs(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=1))
+    calls = _count_vision_calls(adapter)
+    trainer = GRPOTrainer(adapter, _config(tmp_path, steps=3), samples, frames)
+    history = trainer.train()
+    # 3 steps x 2 prompts x (rollout + policy pass) use 2 encodings: the cache serves the rest.
+    assert calls["n"] == 2
+    assert trainer.cache.stats.misses == 2 and trainer.cache.stats.hits == 4
+    for record in history:
+        assert record["drift_max"] < 1e-4  # same inputs, same weights: only float noise
+        assert 1 <= record["response_length"] <= 8
+        assert set(record) >= {"reward/accuracy", "reward/format", "time/rollout", "time/policy", "clip_fraction"}
+
+
+def test_training_changes_the_policy_and_kl_grows_from_zero(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=1))
+    before = {k: v.clone() for k, v in adapter.hf.state_dict().items()}
+    # A reward that always prefers short answers gives non-zero advantages from the first step.
+    cfg = _config(tmp_path, steps=3, beta=0.1, rewards={"reward_fns:shorter_is_better": 1.0})
+    history = GRPOTrainer(adapter, cfg, samples, frames).train()
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert history[-1]["kl"] > 1e-6
+    after = adapter.hf.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "language_model" in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if ".visual." in k)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    samples, frames = flash_set(3, num_frames=8)
+    cfg_a = _config(tmp_path / "a", steps=4, rewards={"reward_fns:shorter_is_better": 1.0})
+    full = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_a, samples, frames).train()
+
+    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, rewards={"reward_fns:shorter_is_better": 1.0})
+    calls = {"n": 0}
+
+    def crashing(sample):
+        calls["n"] += 1
+        if calls["n"] > 4:  # two steps of two prompts, then die
+            raise KeyboardInterrupt
+        return frames(sample)
+
+    with pytest.raises(KeyboardInterrupt):
+        GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, crashing).train()
+    resumed = GRPOTrainer(load_adapter(ModelConfig(seed=7)), cfg_b, samples, frames).train(resume=True)
+    for a, b in zip(full, resumed, strict=True):
+        assert a["reward"] == b["reward"] and a["loss"] == pytest.approx(b["loss"], abs=1e-7)
+
+
+def test_unfrozen_vision_tower_reencodes_for_the_policy_pass(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=1))
+    calls = _count_vision_calls(adapter)
+    trainer = GRPOTrainer(adapter, _config(tmp_path, steps=2, train_vision=True), samples, frames)
+    trainer.train()
+    # Per step and prompt: one cached encode for rollout (stale after each update) + one with gradients.
+    assert calls["n"] == 2 * 2 * 2
+    assert trainer.encoder_version == 2
+
+
+def test_impossible_configs_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="group_size"):
+        _config(tmp_path, group_size=1)
+    with pytest.raises(ConfigError, match="reference=base"):
+        _config(tmp_path, beta=0.1, reference="base")
