@@ -88,6 +88,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .config import load_config
+    from .model import load_adapter
+    from .rl.trainer import GRPOConfig, GRPOTrainer
+
+    config = load_config(GRPOConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps", "model": "model.path"}))
+    dataset = _training_set(config)
+    adapter = load_adapter(config.model)
+    trainer = GRPOTrainer(adapter, config, dataset.samples, dataset.load_frames)
+    writer = SummaryWriter(str(Path(config.out_dir) / "tb"))
+    history = trainer.train(resume=args.resume, writer=writer)
+    writer.close()
+    last = history[-1]
+    print(f"trained {last['step']} steps: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
+          f"kl {last['kl']:.4f}, drift {last['drift']:.1e}; checkpoints in {Path(config.out_dir) / 'checkpoints'}")
+    return 0
+
+
+def cmd_data_filter(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, VideoConfig
+    from .data.dataset import VideoDataset
+    from .data.reason.filter import answer_many, write_splits
+    from .model import load_adapter
+    from .model.sampling import SamplingConfig
+
+    dataset = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=VideoConfig(num_frames=args.frames, size=args.size))
+    dataset.validate_videos()
+    adapter = load_adapter(ModelConfig(path=args.model))
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    correct = answer_many(adapter, dataset, args.num, sampling, seed=args.seed)
+    paths = write_splits(dataset, correct, args.data)
+    print(paths["summary"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .video.synth import write_dataset
 
@@ -131,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")
+    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("--train", help="training jsonl (overrides the config)")
+    p.add_argument("--model", help="checkpoint folder to start from (overrides model.path)")
+    p.add_argument("--out-dir", dest="out_dir", help="run folder (overrides the config)")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. beta=0.04")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.set_defaults(func=cmd_grpo)
+
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write synthetic long-video reasoning samples (mp4 + jsonl)")
     p.add_argument("--out", required=True)
@@ -140,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--specs", action="store_true", help="write synthetic specs instead of mp4 files")
     p.set_defaults(func=cmd_data_synth)
+
+    p = data.add_parser("filter", help="label questions easy/medium/hard by answering each N times")
+    p.add_argument("--data", required=True, help="jsonl dataset; the splits are written beside it")
+    p.add_argument("--model", help="checkpoint folder (default: the untrained tiny model)")
+    p.add_argument("--num", type=int, default=10, help="answers per question (default 10)")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(func=cmd_data_filter)
     return parser
 
 

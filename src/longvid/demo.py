@@ -13,6 +13,7 @@ from .data.dataset import VideoDataset
 from .eval.mcq import frames_scaling, markdown_table, write_result, evaluate
 from .eval.plots import plot_category_bars, plot_curves, plot_frames_scaling
 from .model import load_adapter
+from .rl.trainer import GRPOConfig, GRPOTrainer
 from .sft.trainer import SFTConfig, SFTTrainer
 from .training import OptimConfig
 from .video.synth import CATEGORIES, write_dataset
@@ -29,12 +30,15 @@ class DemoPlan:
     sft_steps: int
     grad_accum: int
     lr: float
+    grpo_steps: int
+    grpo_prompts: int  # prompts per GRPO step
+    group_size: int
     scaling_frames: tuple[int, ...]
     scaling_samples: int
 
 
-FULL = DemoPlan(1600, 200, 64, 32, 500, 4, 3e-3, (8, 16, 32, 64), 100)
-QUICK = DemoPlan(400, 60, 32, 16, 120, 4, 3e-3, (8, 16, 32), 40)
+FULL = DemoPlan(1600, 200, 64, 32, 500, 4, 3e-3, 60, 4, 8, (8, 16, 32, 64), 100)
+QUICK = DemoPlan(400, 60, 32, 16, 120, 4, 3e-3, 8, 2, 4, (8, 16, 32), 40)
 
 
 def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
@@ -74,6 +78,29 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     result = evaluate(adapter, test, test_set.load_frames, progress=progress, desc="eval (after SFT)")
     result.num_frames = plan.train_frames
     write_result(result, out, "eval_sft")
+    timings["eval_sft_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    grpo_config = GRPOConfig(
+        train=str(train_jsonl),
+        out_dir=str(out / "grpo"),
+        video=video,
+        optim=OptimConfig(lr=plan.lr / 10, warmup_steps=0),
+        steps=plan.grpo_steps,
+        batch_size=plan.grpo_prompts,
+        group_size=plan.group_size,
+        max_new_tokens=64,
+        seed=seed,
+        progress=progress,
+        log_every=0,
+    )
+    grpo_history = GRPOTrainer(adapter, grpo_config, train, train_set.load_frames).train()
+    timings["grpo_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sft_result, result = result, evaluate(adapter, test, test_set.load_frames, progress=progress, desc="eval (after GRPO)")
+    result.num_frames = plan.train_frames
+    write_result(result, out, "eval_grpo")
     subset = test[: plan.scaling_samples]
     scaling = frames_scaling(
         adapter,
@@ -86,13 +113,21 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     timings["total_s"] = time.perf_counter() - started
 
     plot_curves({"train loss": [(h["step"], h["loss"]) for h in history]}, out / "sft_loss.png", title="CoT-SFT loss", ylabel="loss")
-    plot_category_bars({"after SFT": {c: v["accuracy"] for c, v in result.per_category.items()}}, out / "accuracy_by_category.png", chance=result.chance)
-    plot_frames_scaling({"after SFT": [(r.num_frames, r.accuracy) for r in scaling]}, out / "frames_scaling.png", chance=scaling[0].chance)
+    plot_curves(
+        {name: [(h["step"], h[key]) for h in grpo_history] for name, key in (("total", "reward"), ("accuracy", "reward/accuracy"), ("format", "reward/format"))},
+        out / "grpo_reward.png", title="GRPO reward (training rollouts)", ylabel="reward",
+    )
+    stages = {"after SFT": sft_result, "after GRPO": result}
+    plot_category_bars({name: {c: v["accuracy"] for c, v in r.per_category.items()} for name, r in stages.items()}, out / "accuracy_by_category.png", chance=result.chance)
+    plot_frames_scaling({"after GRPO": [(r.num_frames, r.accuracy) for r in scaling]}, out / "frames_scaling.png", chance=scaling[0].chance)
 
     metrics = {
         "accuracy": result.accuracy,
         "chance": result.chance,
+        "accuracy_after_sft": sft_result.accuracy,
         "per_category": result.per_category,
+        "per_category_after_sft": sft_result.per_category,
+        "grpo": [{k: h[k] for k in ("step", "reward", "reward/accuracy", "reward/format", "kl", "drift")} for h in grpo_history],
         "frames_scaling": [{"frames": r.num_frames, "accuracy": r.accuracy} for r in scaling],
         "final_train_loss": history[-1]["loss"],
         "plan": plan.__dict__,
@@ -100,21 +135,31 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         "categories": list(CATEGORIES),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "report.md").write_text(_report(plan, result, scaling, timings, quick))
+    (out / "report.md").write_text(_report(plan, stages, scaling, grpo_history, timings, quick))
     log.info("demo done in %.0f s: accuracy %.3f (chance %.3f); report in %s", timings["total_s"], result.accuracy, result.chance, out)
     return metrics
 
 
-def _report(plan: DemoPlan, result, scaling, timings: dict[str, float], quick: bool) -> str:
+def _report(plan: DemoPlan, stages: dict, scaling, grpo_history, timings: dict[str, float], quick: bool) -> str:
+    sft, grpo = stages["after SFT"], stages["after GRPO"]
     scaling_rows = "\n".join(f"| {r.num_frames} | {100 * r.accuracy:.1f} |" for r in scaling)
+    first, last = grpo_history[0], grpo_history[-1]
     return f"""# longvid demo{' (quick)' if quick else ''}
 
-Tiny Qwen2.5-VL (embedded default, random init) trained with CoT-SFT on synthetic long-video
-reasoning questions, evaluated on a held-out set of {plan.test_samples} questions.
+Tiny Qwen2.5-VL (embedded default, random init) trained with CoT-SFT then GRPO on synthetic
+long-video reasoning questions, evaluated on {plan.test_samples} held-out questions.
 
-**Held-out accuracy: {100 * result.accuracy:.1f}%** — chance is {100 * result.chance:.1f}%.
+**Held-out accuracy: {100 * sft.accuracy:.1f}% after SFT, {100 * grpo.accuracy:.1f}% after GRPO** — chance is {100 * grpo.chance:.1f}%.
 
-{markdown_table({"after SFT": result})}
+{markdown_table(stages)}
+
+## GRPO
+
+{plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses. Training-rollout reward
+{first['reward']:.3f} → {last['reward']:.3f} (accuracy {first['reward/accuracy']:.3f} → {last['reward/accuracy']:.3f});
+rollout/training log-prob drift at most {max(h['drift_max'] for h in grpo_history):.1e} (same inputs by construction).
+
+![reward](grpo_reward.png)
 
 ## Frames scaling (first {plan.scaling_samples} test questions; trained at {plan.train_frames} frames)
 
@@ -127,6 +172,7 @@ reasoning questions, evaluated on a held-out set of {plan.test_samples} question
 ## Run
 
 {plan.train_samples} training videos of {plan.video_frames} frames (56x56), {plan.train_frames} frames sampled per
-video, {plan.sft_steps} optimizer steps of {plan.grad_accum} samples. Wall time: data
-{timings['data_s']:.0f} s, SFT {timings['sft_s']:.0f} s, evaluation {timings['eval_s']:.0f} s, total {timings['total_s']:.0f} s.
+video, {plan.sft_steps} SFT steps of {plan.grad_accum} samples. Wall time: data {timings['data_s']:.0f} s,
+SFT {timings['sft_s']:.0f} s, GRPO {timings['grpo_s']:.0f} s, evaluation {timings['eval_sft_s'] + timings['eval_s']:.0f} s,
+total {timings['total_s']:.0f} s.
 """

@@ -17,7 +17,7 @@ from ..inputs import encode_sample
 from ..model.adapter import VLMAdapter
 from ..model.sampling import SamplingConfig, sample
 from ..video.decode import Frames
-from .extract import extract_letter
+from .extract import answer_text, extract_choice
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class EvalResult:
         }
 
 
+def predicted_answer(sample: Sample, text: str) -> str | None:
+    """The option letter a response chose (by letter, else by option text), or its free-form answer."""
+    return extract_choice(text, sample.options) if sample.options else answer_text(text).strip()
+
+
 @torch.no_grad()
 def evaluate(
     adapter: VLMAdapter,
@@ -73,7 +78,7 @@ def evaluate(
         embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
         out = sample(adapter, embeds, positions, 1, config)
         text = adapter.decode(out.tokens[0, : int(out.lengths[0])])
-        predicted = extract_letter(text, letters="".join(s.letters)) if s.options else text.strip()
+        predicted = predicted_answer(s, text)
         records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
     return score(records, samples)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -391,8 +391,11 @@ def write_dataset(
     fps: float = NOMINAL_FPS,
     progress: bool = True,
     shuffle_options: bool = False,
+    task_kwargs: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """Write `out_dir/data.jsonl` (and mp4s under `out_dir/videos/` when as_files); return the jsonl path.
+
+    `task_kwargs` sets each task's difficulty knobs, e.g. `{"temporal": {"distractors": 0}}`.
 
     Tasks take turns and each task cycles through the answer letters A-D (exactly balanced when
     num_samples is a multiple of 4 * len(tasks)); the order is then shuffled. File rows keep their
@@ -409,8 +412,9 @@ def write_dataset(
     rows = []
     for i in tqdm(range(num_samples), desc=f"writing {out}", disable=not progress):
         task, letter = plan[order[i]]
+        extra = dict((task_kwargs or {}).get(task, {}))
         sample, frames = make_sample(
-            task, _sample_seed(seed, i), num_frames, size, shuffle_options=shuffle_options, answer=letter
+            task, _sample_seed(seed, i), num_frames, size, shuffle_options=shuffle_options, answer=letter, **extra
         )
         if as_files:
             rel = f"videos/{sample.id}.mp4"
