@@ -74,3 +74,31 @@ def test_sampling_config_rejects_impossible_values():
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+
+
+def test_cached_sampling_equals_an_uncached_reference_loop(setup):
+    """Same seed, same tokens: the KV-cached decoder vs recomputing the whole sequence every step."""
+    adapter, _, visual, prompt = setup
+    embeds, pos = adapter.prefix_inputs(prompt, visual)
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0.8, top_k=20)
+    cached = sample(adapter, embeds, pos, 3, cfg, generator=torch.Generator().manual_seed(11))
+
+    generator = torch.Generator().manual_seed(11)
+    seqs = [embeds] * 3
+    tokens = []
+    with torch.no_grad():
+        for step in range(cfg.max_new_tokens):
+            rows = []
+            for g in range(3):
+                full_pos = torch.cat([pos, adapter.continuation_positions(pos, step)], dim=1)
+                hidden, _ = adapter.hidden_states(seqs[g][None], full_pos[:, None])
+                rows.append(adapter.logits(hidden[0, -1]).float())
+            scaled = torch.stack(rows) / cfg.temperature
+            probs = torch.softmax(filter_logits(scaled, cfg.top_k, cfg.top_p), dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            tokens.append(token)
+            seqs = [torch.cat([seqs[g], adapter.embed_tokens(token[g : g + 1])]) for g in range(3)]
+    reference = torch.stack(tokens, dim=1)
+    for g in range(3):
+        n = int(cached.lengths[g])
+        assert cached.tokens[g, :n].tolist() == reference[g, :n].tolist()
