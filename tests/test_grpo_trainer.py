@@ -94,3 +94,21 @@ def test_impossible_configs_are_rejected(tmp_path):
         _config(tmp_path, group_size=1)
     with pytest.raises(ConfigError, match="reference=base"):
         _config(tmp_path, beta=0.1, reference="base")
+
+
+def test_lora_policy_with_the_adapter_disabled_as_reference(tmp_path):
+    from longvid.training import LoRAConfig
+
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=1))
+    base = {k: v.clone() for k, v in adapter.hf.state_dict().items()}
+    cfg = _config(tmp_path, steps=3, beta=0.1, reference="base", lora=LoRAConfig(rank=4),
+                  rewards={"reward_fns:shorter_is_better": 1.0}, optim=OptimConfig(lr=5e-2, warmup_steps=0))
+    trainer = GRPOTrainer(adapter, cfg, samples, frames)
+    history = trainer.train()
+    assert trainer.reference is None
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6) and history[-1]["kl"] > 1e-6
+    for k, v in adapter.hf.state_dict().items():
+        key = k.replace(".base_layer", "")
+        if "lora_" not in k and key in base:
+            assert torch.equal(v, base[key]), k
