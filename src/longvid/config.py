@@ -165,3 +165,22 @@ class VideoConfig(Validated):
             raise ConfigError(f"video.max_frames must be > 0, got {self.max_frames}")
         if self.size is not None and (self.size < 28 or self.size > 4096):
             raise ConfigError(f"video.size must be between 28 and 4096 pixels, got {self.size}")
+
+
+@dataclasses.dataclass
+class ParallelConfig(Validated):
+    """Sequence parallelism: `sp` ranks share one sample (Ulysses x ring); the rest is data parallel."""
+
+    sp: int = 1
+    ulysses: int | None = None
+    ring: int | None = None
+    mode: typing.Literal["ulysses", "ring", "hybrid"] = "hybrid"
+    layout: typing.Literal["contiguous", "zigzag"] = "zigzag"
+
+    def validate(self) -> None:
+        if self.sp < 1:
+            raise ConfigError(f"parallel.sp must be >= 1, got {self.sp}")
+        for name in ("ulysses", "ring"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or self.sp % value):
+                raise ConfigError(f"parallel.{name}={value} must divide parallel.sp={self.sp}")

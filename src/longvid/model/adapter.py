@@ -68,6 +68,15 @@ class VLMAdapter(Protocol):
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """Parameters by role: "vision", "projector", "llm" (for stage-wise freezing)."""
 
+    hidden_size: int
+    attention_heads: tuple[int, int]  # (query heads, key/value heads) of the language model
+
+    def visual_token_count(self, temporal: int, height: int, width: int) -> int:
+        """LLM tokens of a video with this patch grid."""
+
+    def language_attention(self, name: str) -> Any:
+        """Context manager: the language model uses attention implementation `name` inside it."""
+
     def preprocess(self, pixels: torch.Tensor | Any, timestamps: Any) -> VideoInputs:
         """uint8 frames `[T, H, W, 3]` and their timestamps → model-ready pixels."""
 
@@ -96,8 +105,10 @@ class VLMAdapter(Protocol):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        **attention_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
-        """Final hidden states `[B, S, D]` (and the updated KV cache)."""
+        """Final hidden states `[B, S, D]` (and the updated KV cache); `attention_kwargs` reach every
+        attention call (e.g. `sharded_mask` for sequence parallelism)."""
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head."""

@@ -9,6 +9,7 @@ both use that rule, so they see the same positions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -114,6 +115,30 @@ class Qwen25VLAdapter:
             "projector": projector,
             "llm": list(self.hf.model.language_model.parameters()) + list(self.hf.lm_head.parameters()),
         }
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf.config.text_config.hidden_size
+
+    @property
+    def attention_heads(self) -> tuple[int, int]:
+        """(query heads, key/value heads) of the language model."""
+        text = self.hf.config.text_config
+        return text.num_attention_heads, text.num_key_value_heads
+
+    def visual_token_count(self, temporal: int, height: int, width: int) -> int:
+        """LLM tokens of a video with this patch grid."""
+        return temporal * height * width // self.merge_size**2
+
+    @contextlib.contextmanager
+    def language_attention(self, name: str):
+        """Run the language model with attention implementation `name` (the vision tower keeps its own)."""
+        previous = self.hf.config.text_config._attn_implementation
+        self.hf.set_attn_implementation({"text_config": name})
+        try:
+            yield
+        finally:
+            self.hf.set_attn_implementation({"text_config": previous})
 
     # -- video ----------------------------------------------------------------------------------
 
@@ -231,9 +256,11 @@ class Qwen25VLAdapter:
         attention_mask: Any = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        **attention_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
         """`inputs_embeds [B, S, D]`, `position_ids [3, B, S]`; `attention_mask` is None (causal) or a
-        prepared mask (bool `[B, 1, S, K]` for SDPA, a `BlockMask` for flex) used as is."""
+        prepared mask (bool `[B, 1, S, K]` for SDPA, a `BlockMask` for flex) used as is.
+        `attention_kwargs` reach every attention call (e.g. `sharded_mask` for sequence parallelism)."""
         if attention_mask is not None and not isinstance(attention_mask, dict):
             attention_mask = {"full_attention": attention_mask}
         out = self.hf.model.language_model(
@@ -242,6 +269,7 @@ class Qwen25VLAdapter:
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            **attention_kwargs,
         )
         return out.last_hidden_state, out.past_key_values
 

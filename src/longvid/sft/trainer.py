@@ -17,10 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
-from ..config import ModelConfig, Validated, VideoConfig
+from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
-from ..inputs import encode_sample, target_text, with_response
+from ..inputs import question_text, target_text, with_response
+from ..parallel.apply import SequenceParallel
+from ..parallel.mesh import Mesh
 from ..model.adapter import VLMAdapter
 from ..training import EpochSampler, LoRAConfig, OptimConfig, apply_trainable, build_optimizer
 from ..video.decode import Frames
@@ -36,6 +38,7 @@ class SFTConfig(Validated):
     video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     steps: int = 100
     grad_accum: int = 4
     freeze_vision: bool = False
@@ -67,6 +70,7 @@ class SFTTrainer:
         config: SFTConfig,
         samples: list[Sample],
         load_frames: Callable[[Sample], Frames],
+        mesh: Mesh | None = None,
     ):
         if not samples:
             raise ConfigError("the training set is empty")
@@ -80,6 +84,9 @@ class SFTTrainer:
         )
         self.samples = samples
         self.load_frames = load_frames
+        mesh = mesh or Mesh.single()
+        self.sp = SequenceParallel(self.adapter, mesh, mode=config.parallel.mode, layout=config.parallel.layout)
+        self.is_main = mesh.rank == 0
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
         self.sampler = EpochSampler(len(samples), config.seed)
         self.step = 0
@@ -101,7 +108,13 @@ class SFTTrainer:
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Rank 0 writes; every rank waits for it, so a resume never sees a half-written step."""
+        path = self._write_checkpoint() if self.is_main else None
+        self.sp.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -111,25 +124,30 @@ class SFTTrainer:
         return save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
 
     def train_step(self) -> dict[str, float]:
-        adapter, cfg = self.adapter, self.config
+        adapter, cfg, mesh = self.adapter, self.config, self.sp.mesh
         adapter.model.train()
-        batch = [self.samples[i] for i in self.sampler.take(cfg.grad_accum)]
+        # Each data-parallel rank takes its share of the step's samples; SP ranks share a sample.
+        batch = [self.samples[i] for i in self.sampler.take(cfg.grad_accum * mesh.dp_size)]
         started = time.perf_counter()
         targets = [adapter.response_ids(target_text(s)) for s in batch]
         total_tokens = sum(len(t) for t in targets)
         loss_sum = 0.0
         seq_tokens = 0
-        for sample, target in zip(batch, targets):
+        for sample, target in list(zip(batch, targets))[mesh.dp_rank :: mesh.dp_size]:
             frames = self.load_frames(sample)
-            enc = encode_sample(adapter, sample, frames.pixels, frames.timestamps, chunk=cfg.video.encode_chunk)
-            embeds, positions, labels = with_response(adapter, enc.prompt, enc.visual, target)
-            hidden, _ = adapter.hidden_states(embeds[None], positions[:, None])
+            visual = self.sp.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=cfg.video.encode_chunk)
+            prompt = adapter.build_prompt(question_text(sample), visual)
+            embeds, positions, labels = with_response(adapter, prompt, visual, target)
+            hidden = self.sp.hidden_states(embeds, positions)
+            labels = self.sp.shard(labels, pad_value=-100)
             keep = labels >= 0
-            logits = adapter.logits(hidden[0, keep]).float()
+            logits = adapter.logits(hidden[keep]).float()
             loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum") / total_tokens
             loss.backward()
             loss_sum += loss.item()
             seq_tokens += embeds.shape[0]
+        self.sp.all_reduce_grads(p for g in self.optimizer.param_groups for p in g["params"])
+        loss_sum = self.sp.all_reduce_sum(loss_sum)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
@@ -153,12 +171,12 @@ class SFTTrainer:
         cfg = self.config
         if resume and not self.resume():
             log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="sft", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="sft", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         while self.step < cfg.steps:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if writer is not None:
+            if writer is not None and self.is_main:
                 for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
                     writer.add_scalar(f"sft/{key}", record[key], self.step)
             if cfg.log_every and self.step % cfg.log_every == 0:

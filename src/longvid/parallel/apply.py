@@ -1,0 +1,107 @@
+"""Sequence parallelism applied to an adapter from outside (the model's code is untouched).
+
+`SequenceParallel` runs one long sample across the ranks of an SP group in two stages:
+- the vision tower by frames: each rank encodes its share of temporal patches, the embeddings are
+  all-gathered (exact for Qwen2.5-VL: its vision attention never crosses a temporal patch);
+- the language model by tokens: the `[prompt | response]` sequence is sharded (zigzag by default),
+  attention runs through the registered Ulysses / ring / hybrid implementation with the sequence's
+  `mask_fn` evaluated on global positions.
+On a mesh of one it is the plain single-process path, so trainers never special-case it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from ..masks import MaskFn, causal
+from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
+from .attention import ShardedMask, register_sp_attention
+from .mesh import Mesh, check_heads
+from .shard import IGNORE_INDEX, gather_embeddings, shard_sequence, split_frames, unshard
+
+
+class SequenceParallel:
+    def __init__(self, adapter: VLMAdapter, mesh: Mesh, *, mode: str = "hybrid", layout: str = "zigzag"):
+        self.adapter, self.mesh, self.layout = adapter, mesh, layout
+        self.attention = None
+        if mesh.sp_size > 1:
+            ulysses = {"ulysses": mesh.sp_size, "ring": 1}.get(mode, mesh.ulysses_size)
+            check_heads(*adapter.attention_heads, ulysses)
+            self.attention = register_sp_attention(mesh, mode)
+
+    @property
+    def active(self) -> bool:
+        return self.mesh.sp_size > 1
+
+    def encode(self, video: VideoInputs, *, chunk_patches: int | None = None) -> VisualEmbeds:
+        """Every rank encodes its temporal patches; all ranks get the whole video's embeddings."""
+        if not self.active:
+            return self.adapter.encode(video, chunk_patches=chunk_patches)
+        gt, gh, gw = (int(v) for v in video.grid_thw[0])
+        start, stop = split_frames(gt, self.mesh.sp_size)[self.mesh.sp_rank]
+        rows = gh * gw
+        if stop > start:
+            local = VideoInputs(video.pixel_values[start * rows : stop * rows], torch.tensor([[stop - start, gh, gw]]), video.seconds_per_grid)
+            mine = self.adapter.encode(local, chunk_patches=chunk_patches).embeds
+        else:  # fewer temporal patches than ranks: an empty share that still joins the collective
+            mine = self._empty_share()
+        sizes = [self.adapter.visual_token_count(b - a, gh, gw) for a, b in split_frames(gt, self.mesh.sp_size)]
+        return VisualEmbeds(gather_embeddings(mine, self.mesh, sizes), video.grid_thw.clone(), video.seconds_per_grid)
+
+    def _empty_share(self) -> torch.Tensor:
+        vision = self.adapter.parameter_groups()["vision"]
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in vision)
+        return torch.zeros((0, self.adapter.hidden_size), dtype=self.adapter.dtype, device=self.adapter.device, requires_grad=grad)
+
+    def shard(self, x: torch.Tensor, dim: int = 0, pad_value: float = 0) -> torch.Tensor:
+        """This rank's part of a per-token tensor (labels: pad with -100)."""
+        if not self.active:
+            return x
+        return shard_sequence(x, dim, self.mesh, self.layout, pad_value)[0]
+
+    def hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal) -> torch.Tensor:
+        """Final hidden states of this rank's tokens `[S_local, D]` for a `[S, D]` sequence."""
+        if not self.active:
+            from ..masks import dense_mask
+
+            mask = None if mask_fn is causal else dense_mask(mask_fn, len(embeds), len(embeds), device=embeds.device)[None, None]
+            return self.adapter.hidden_states(embeds[None], positions[:, None], attention_mask=mask)[0][0]
+        local = self.shard(embeds)
+        local_pos = self.shard(positions, dim=1)
+        sharded = ShardedMask.from_layout(mask_fn, embeds.shape[0], self.mesh, self.layout)
+        with self.adapter.language_attention(self.attention):
+            hidden, _ = self.adapter.hidden_states(local[None], local_pos[:, None], sharded_mask=sharded)
+        return hidden[0]
+
+    def full_hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal) -> torch.Tensor:
+        """All `[S, D]` hidden states on every rank (the gather's backward keeps each rank's slice)."""
+        hidden = self.hidden_states(embeds, positions, mask_fn)
+        if not self.active:
+            return hidden
+        return unshard(hidden, 0, self.mesh, embeds.shape[0], self.layout)
+
+    def all_reduce_grads(self, parameters) -> None:
+        """Sum gradients over the whole world: SP ranks hold parts of a sequence, DP ranks other
+        samples, and every loss term is already normalised by the global token count."""
+        if self.mesh.world_size == 1:
+            return
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+    def barrier(self) -> None:
+        if self.mesh.world_size > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, value: float, group=None) -> float:
+        if self.mesh.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, group=group)
+        return float(t)
+
+
+__all__ = ["SequenceParallel", "IGNORE_INDEX"]
