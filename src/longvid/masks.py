@@ -87,3 +87,11 @@ def block_mask(mask_fn: MaskFn, q_len: int, kv_len: int, device: torch.device | 
         return mask_fn(q_idx, kv_idx)
 
     return create_block_mask(mask_mod, B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
+
+
+def prepared_mask(mask_fn: MaskFn, length: int, device: torch.device):
+    """The mask an attention backend takes for a `length` sequence: a FlexAttention block mask on
+    CUDA, a dense bool `[1, 1, S, S]` for SDPA elsewhere."""
+    if device.type == "cuda":
+        return block_mask(mask_fn, length, length, device=device)
+    return dense_mask(mask_fn, length, length, device=device)[None, None]

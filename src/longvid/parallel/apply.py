@@ -16,11 +16,12 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from ..masks import MaskFn, causal
+from ..masks import MaskFn, causal, prepared_mask
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from .attention import ShardedMask, register_sp_attention
 from .mesh import Mesh, check_heads
-from .shard import IGNORE_INDEX, gather_embeddings, shard_sequence, split_frames, unshard
+from ..model.common import token_logprobs
+from .shard import IGNORE_INDEX, gather_embeddings, shard_positions, shard_sequence, split_frames
 
 
 class SequenceParallel:
@@ -65,9 +66,7 @@ class SequenceParallel:
     def hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal) -> torch.Tensor:
         """Final hidden states of this rank's tokens `[S_local, D]` for a `[S, D]` sequence."""
         if not self.active:
-            from ..masks import dense_mask
-
-            mask = None if mask_fn is causal else dense_mask(mask_fn, len(embeds), len(embeds), device=embeds.device)[None, None]
+            mask = None if mask_fn is causal else prepared_mask(mask_fn, len(embeds), embeds.device)
             return self.adapter.hidden_states(embeds[None], positions[:, None], attention_mask=mask)[0][0]
         local = self.shard(embeds)
         local_pos = self.shard(positions, dim=1)
@@ -76,21 +75,49 @@ class SequenceParallel:
             hidden, _ = self.adapter.hidden_states(local[None], local_pos[:, None], sharded_mask=sharded)
         return hidden[0]
 
-    def full_hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal) -> torch.Tensor:
-        """All `[S, D]` hidden states on every rank (the gather's backward keeps each rank's slice)."""
+    def token_logprobs(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        mask_fn: MaskFn,
+        source_index: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Log-probs of `targets` predicted at sequence positions `source_index` (same shape).
+
+        Each rank scores only the targets whose predicting position it holds and the scores are
+        summed over the SP group: the LM head runs once per token across the group, and each rank's
+        backward covers exactly its own tokens, so summing gradients over the group is exact.
+        """
         hidden = self.hidden_states(embeds, positions, mask_fn)
         if not self.active:
-            return hidden
-        return unshard(hidden, 0, self.mesh, embeds.shape[0], self.layout)
+            return token_logprobs(self.adapter, hidden[source_index], targets, temperature=temperature)
+        held = shard_positions(embeds.shape[0], self.mesh.sp_size, self.layout)[self.mesh.sp_rank].to(hidden.device)
+        row_of = torch.full((int(held.max()) + 1 + embeds.shape[0],), -1, dtype=torch.long, device=hidden.device)
+        row_of[held] = torch.arange(len(held), device=hidden.device)
+        rows = row_of[source_index]
+        mine = rows >= 0
+        scores = token_logprobs(self.adapter, hidden[rows[mine]], targets[mine], temperature=temperature)
+        local = torch.zeros(targets.shape, dtype=scores.dtype, device=scores.device).masked_scatter(mine, scores)
+        return _SumOverGroup.apply(local, self.mesh.sp_group)
 
-    def all_reduce_grads(self, parameters) -> None:
-        """Sum gradients over the whole world: SP ranks hold parts of a sequence, DP ranks other
-        samples, and every loss term is already normalised by the global token count."""
+    def all_reduce_grads(self, parameters, *, dp_mean: bool = False) -> None:
+        """Sum gradients over the SP group (its ranks hold parts of one sequence), then sum them
+        over data-parallel ranks (losses normalised by a global count) or average them (`dp_mean`,
+        DDP's convention, for losses normalised per rank)."""
         if self.mesh.world_size == 1:
             return
         for p in parameters:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
+            if p.grad is None:
+                continue
+            if self.mesh.sp_size > 1:
+                dist.all_reduce(p.grad, group=self.mesh.sp_group)
+            if self.mesh.dp_size > 1:
+                dist.all_reduce(p.grad, group=self.mesh.dp_group)
+                if dp_mean:
+                    p.grad.div_(self.mesh.dp_size)
 
     def barrier(self) -> None:
         if self.mesh.world_size > 1:
@@ -102,6 +129,21 @@ class SequenceParallel:
         t = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(t, group=group)
         return float(t)
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """All-reduce sum whose backward passes the gradient through unchanged: every rank computes
+    the same loss from the sum, and each rank's gradient belongs to its own summand only."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 __all__ = ["SequenceParallel", "IGNORE_INDEX"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.distributed as dist
 
@@ -34,14 +34,14 @@ class Mesh:
     ring_size: int = 1
     ulysses_size: int = 1
     rank: int = 0
-    # A torch DeviceMesh with dims ("dp", "ring", "ulysses") and flattened "sp" and "dp_sp" (the
-    # latter is what FSDP2 shards parameters over: SP ranks hold the same weights). None when
-    # this is one process.
-    device_mesh: object | None = None
+    # torch DeviceMeshes by name: "dp", "ring", "ulysses", and the flattened "sp" and "dp_sp"
+    # (what FSDP2 shards parameters over: the SP ranks of a group hold the same weights). Empty
+    # when this is one process.
+    device_meshes: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.device_mesh is None and self.world_size > 1:
-            raise ConfigError("a mesh of more than one process needs its DeviceMesh: build it with init_mesh()")
+        if not self.device_meshes and self.world_size > 1:
+            raise ConfigError("a mesh of more than one process needs its DeviceMeshes: build it with init_mesh()")
 
     @classmethod
     def single(cls) -> Mesh:
@@ -79,9 +79,9 @@ class Mesh:
     # groups -----------------------------------------------------------------------------------
     def group(self, name: str):
         """The process group `name` ("dp", "sp", "ring", "ulysses", "dp_sp"), None if one process."""
-        if self.device_mesh is None:
+        if not self.device_meshes:
             return None
-        return self.device_mesh[name].get_group()
+        return self.device_meshes[name].get_group()
 
     @property
     def groups(self) -> dict:
@@ -167,10 +167,11 @@ def init_mesh(sp: int = 1, ulysses: int | None = None, ring: int | None = None) 
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    dm = init_device_mesh(device_type, (dp, ring_size, ulysses_size), mesh_dim_names=DIMS)
-    # `_flatten` is how torchtitan names merged dims; it registers "sp"/"dp_sp" on the root mesh.
-    dm["ring", "ulysses"]._flatten("sp")
-    dm["dp", "ring", "ulysses"]._flatten("dp_sp")
-    mesh = Mesh(dp_size=dp, ring_size=ring_size, ulysses_size=ulysses_size, rank=rank, device_mesh=dm)
+    root = init_device_mesh(device_type, (dp, ring_size, ulysses_size), mesh_dim_names=DIMS)
+    meshes = {name: root[name] for name in DIMS}
+    # Merged dims the way torchtitan makes them; kept here, not sliced from the root later.
+    meshes["sp"] = root["ring", "ulysses"]._flatten("sp")
+    meshes["dp_sp"] = root._flatten("dp_sp")
+    mesh = Mesh(dp_size=dp, ring_size=ring_size, ulysses_size=ulysses_size, rank=rank, device_meshes=meshes)
     log.info("mesh: dp=%d x sp=%d (ring %d x ulysses %d), rank %d", dp, mesh.sp_size, ring_size, ulysses_size, rank)
     return mesh

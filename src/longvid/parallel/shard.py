@@ -58,7 +58,7 @@ class _GatherRows(torch.autograd.Function):
         longest = max(sizes)
         padded = _pad_dim(x, 0, longest, 0)
         out = x.new_empty((len(sizes) * longest, *x.shape[1:]))
-        dist.all_gather_into_tensor(out, padded.contiguous(), group=group)
+        dist.all_gather_single(out, padded.contiguous(), group=group)
         return torch.cat([out[r * longest : r * longest + n] for r, n in enumerate(sizes)])
 
     @staticmethod
@@ -66,7 +66,7 @@ class _GatherRows(torch.autograd.Function):
         sizes, longest = ctx.sizes, max(ctx.sizes)
         parts = [_pad_dim(g, 0, longest, 0) for g in grad.split(sizes)]
         out = grad.new_empty((longest, *grad.shape[1:]))
-        dist.reduce_scatter_tensor(out, torch.cat(parts).contiguous(), group=ctx.group)
+        dist.reduce_scatter_single(out, torch.cat(parts).contiguous(), group=ctx.group)
         return out[: sizes[dist.get_rank(ctx.group)]], None, None
 
 
@@ -87,7 +87,7 @@ def gather_embeddings(x: torch.Tensor, mesh: Mesh, sizes: list[int] | None = Non
     if sizes is None:
         n = torch.tensor([x.shape[0]], device=x.device)
         all_n = n.new_empty(mesh.sp_size)
-        dist.all_gather_into_tensor(all_n, n, group=group)
+        dist.all_gather_single(all_n, n, group=group)
         sizes = all_n.tolist()
     if len(sizes) != mesh.sp_size or sizes[mesh.sp_rank] != x.shape[0]:
         raise ConfigError(f"rows per rank {sizes} do not match this rank's {x.shape[0]} rows")
@@ -141,7 +141,7 @@ class _GatherSequence(torch.autograd.Function):
         ctx.dim, ctx.local = dim, positions[dist.get_rank(group)].to(x.device)
         moved = x.movedim(dim, 0).contiguous()
         out = moved.new_empty((positions.numel(), *moved.shape[1:]))
-        dist.all_gather_into_tensor(out, moved, group=group)
+        dist.all_gather_single(out, moved, group=group)
         full = torch.empty_like(out).index_copy_(0, positions.flatten().to(x.device), out)
         return full.movedim(0, dim)
 

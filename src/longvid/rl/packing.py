@@ -16,6 +16,7 @@ import torch
 from .. import masks
 from ..model.adapter import VLMAdapter
 from ..model.common import token_logprobs
+from ..parallel.apply import SequenceParallel
 
 
 @dataclass
@@ -68,20 +69,22 @@ def pack(
     return Packed(embeds, positions, segment_ids, source, targets, mask)
 
 
-def attention_mask_for(packed: Packed, device: torch.device):
-    """A dense bool mask for SDPA on CPU, a FlexAttention block mask on CUDA."""
-    n = len(packed)
-    if device.type == "cuda":
-        return masks.block_mask(packed.mask_fn, n, n, device=device)
-    return masks.dense_mask(packed.mask_fn, n, n, device=device)[None, None]
+def packed_logprobs(
+    adapter: VLMAdapter, packed: Packed, *, temperature: float = 1.0, sp: SequenceParallel | None = None
+) -> torch.Tensor:
+    """Per-token log-probs `[G, L]` (0 where padded) from one forward over the packed sequence.
 
-
-def packed_logprobs(adapter: VLMAdapter, packed: Packed, *, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs `[G, L]` (0 where padded) from one forward over the packed sequence."""
-    mask = attention_mask_for(packed, packed.embeds.device)
-    hidden, _ = adapter.hidden_states(packed.embeds[None], packed.positions[:, None], attention_mask=mask)
-    picked = hidden[0][packed.source_index]
-    logp = token_logprobs(adapter, picked, packed.targets, temperature=temperature)
+    With `sp` the forward is sequence-parallel: each rank runs its token shard and scores the
+    tokens it holds; every rank gets all the log-probs.
+    """
+    if sp is None:
+        mask = masks.prepared_mask(packed.mask_fn, len(packed), packed.embeds.device)
+        hidden = adapter.hidden_states(packed.embeds[None], packed.positions[:, None], attention_mask=mask)[0][0]
+        logp = token_logprobs(adapter, hidden[packed.source_index], packed.targets, temperature=temperature)
+    else:
+        logp = sp.token_logprobs(
+            packed.embeds, packed.positions, packed.mask_fn, packed.source_index, packed.targets, temperature=temperature
+        )
     return logp.masked_fill(~packed.mask, 0.0)
 
 

@@ -21,12 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
-from ..config import ModelConfig, Validated, VideoConfig
+from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import Encoded, question_text
 from ..model.adapter import VLMAdapter
 from ..model.sampling import SamplingConfig
+from ..parallel.apply import SequenceParallel
+from ..parallel.mesh import Mesh
 from ..training import EpochSampler, LoRAConfig, OptimConfig, apply_trainable, build_optimizer
 from ..video.decode import Frames
 from .cache import CacheKey, EmbeddingCache, video_identity
@@ -47,6 +49,7 @@ class GRPOConfig(Validated):
     video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0))
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     steps: int = 50
     batch_size: int = 2  # prompts per step
     group_size: int = 8  # G responses per prompt
@@ -99,7 +102,12 @@ class GRPOConfig(Validated):
 
 class GRPOTrainer:
     def __init__(
-        self, adapter: VLMAdapter, config: GRPOConfig, samples: list[Sample], load_frames: Callable[[Sample], Frames]
+        self,
+        adapter: VLMAdapter,
+        config: GRPOConfig,
+        samples: list[Sample],
+        load_frames: Callable[[Sample], Frames],
+        mesh: Mesh | None = None,
     ):
         if not samples:
             raise ConfigError("the training set is empty")
@@ -114,12 +122,18 @@ class GRPOTrainer:
         )
         self.samples = samples
         self.load_frames = load_frames
+        mesh = mesh or Mesh.single()
+        par = config.parallel
+        self.sp = SequenceParallel(self.adapter, mesh, mode=par.mode, layout=par.layout)
+        self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
+        self.is_main = mesh.rank == 0
         self.rewards = RewardSuite.from_weights(config.rewards)
         self.cache = EmbeddingCache(config.cache_bytes, offload=config.cache_offload)
         self.encoder_version = 0
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
         self.sampler = EpochSampler(len(samples), config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # SP ranks of a group must sample the same responses; data-parallel ranks different ones.
+        self.generator = torch.Generator().manual_seed(config.seed * 1000 + mesh.dp_rank)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.checkpoint_dir = Path(config.out_dir) / "checkpoints"
@@ -138,7 +152,7 @@ class GRPOTrainer:
 
         def encode():
             video = self.adapter.preprocess(frames.pixels, frames.timestamps)
-            return self.adapter.encode(video, chunk_patches=cfg.video.encode_chunk)
+            return self.sp.encode(video, chunk_patches=cfg.video.encode_chunk)
 
         visual = self.cache.get_or_encode(key, encode, device=self.adapter.device)
         return Encoded(sample, visual, self.adapter.build_prompt(question_text(sample), visual))
@@ -148,7 +162,7 @@ class GRPOTrainer:
         visual = enc.visual
         if self.config.train_vision:  # the policy pass needs gradients through the vision tower
             frames = self.load_frames(enc.sample)
-            visual = self.adapter.encode(self.adapter.preprocess(frames.pixels, frames.timestamps))
+            visual = self.sp.encode(self.adapter.preprocess(frames.pixels, frames.timestamps))
         embeds, positions = self.adapter.prefix_inputs(enc.prompt, visual)
         return pack(self.adapter, embeds, positions, group.responses)
 
@@ -159,14 +173,17 @@ class GRPOTrainer:
             if self.reference is not None:
                 ref = self.reference
                 embeds, positions = ref.prefix_inputs(group.encoded.prompt, group.encoded.visual)
-                return packed_logprobs(ref, pack(ref, embeds, positions, group.responses), temperature=self.config.temperature)
+                packed = pack(ref, embeds, positions, group.responses)
+                return packed_logprobs(ref, packed, temperature=self.config.temperature, sp=self.ref_sp)
             with self.adapter.model.disable_adapter():
-                return packed_logprobs(self.adapter, self._policy_inputs(group), temperature=self.config.temperature)
+                packed = self._policy_inputs(group)
+                return packed_logprobs(self.adapter, packed, temperature=self.config.temperature, sp=self.sp)
 
     def train_step(self) -> dict[str, float]:
         cfg, adapter = self.config, self.adapter
         times = dict.fromkeys(("encode", "rollout", "reward", "policy", "reference", "backward"), 0.0)
-        batch = [self.samples[i] for i in self.sampler.take(cfg.batch_size)]
+        mesh = self.sp.mesh
+        batch = [self.samples[i] for i in self.sampler.take(cfg.batch_size * mesh.dp_size)][mesh.dp_rank :: mesh.dp_size]
 
         adapter.model.eval()
         groups = []
@@ -189,12 +206,12 @@ class GRPOTrainer:
         }
         prompts = [question_text(grp.encoded.sample) for grp in groups for _ in range(g)]
         rewards = self.rewards(prompts, texts, **columns)
-        advantages = group_advantages(rewards.total, g, cfg.scale_rewards).view(len(groups), g)
+        advantages = self._advantages(rewards.total, g)
         keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
         times["reward"] += time.perf_counter() - t
 
         kept = [i for i in range(len(groups)) if keep[i]]
-        total_tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
+        total_tokens = self.sp.all_reduce_sum(sum(int(groups[i].samples.mask().sum()) for i in kept), self.sp.mesh.dp_group)
         stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip": [], "drift": [], "drift_max": []}
         old_logps: dict[int, torch.Tensor] = {}
         adapter.model.train()
@@ -203,7 +220,7 @@ class GRPOTrainer:
                 grp = groups[i]
                 t = time.perf_counter()
                 packed = self._policy_inputs(grp)
-                logp = packed_logprobs(adapter, packed, temperature=cfg.temperature)
+                logp = packed_logprobs(adapter, packed, temperature=cfg.temperature, sp=self.sp)
                 times["policy"] += time.perf_counter() - t
                 if iteration == 0:
                     # Same weights as the rollout: any difference is a bug in the input path.
@@ -227,6 +244,7 @@ class GRPOTrainer:
                     loss_type=cfg.loss_type,
                     max_completion_length=cfg.max_new_tokens,
                     num_items_in_batch=total_tokens,
+                    num_processes=mesh.dp_size,
                     gradient_accumulation_steps=len(kept),
                     kl_ratio_correction=cfg.kl_ratio_correction,
                     log_ratio_clamp=cfg.log_ratio_clamp,
@@ -262,8 +280,20 @@ class GRPOTrainer:
         self.history.append(record)
         return record
 
+    def _advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Group advantages; "batch" scaling uses the std of the whole data-parallel batch, as TRL does."""
+        mesh = self.sp.mesh
+        if self.config.scale_rewards != "batch" or mesh.dp_size == 1:
+            return group_advantages(rewards, group_size, self.config.scale_rewards).view(-1, group_size)
+        everything = rewards.new_empty(mesh.dp_size * rewards.numel())
+        torch.distributed.all_gather_into_tensor(everything, rewards.contiguous(), group=mesh.dp_group)
+        mine = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
+        return group_advantages(everything, group_size, "batch")[mine].view(-1, group_size)
+
     def _optimizer_step(self) -> float:
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
+        # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
+        self.sp.all_reduce_grads(params, dp_mean=True)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
@@ -274,7 +304,13 @@ class GRPOTrainer:
 
     # -- loop and checkpoints --------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Rank 0 writes; every rank waits for it."""
+        path = self._write_checkpoint() if self.is_main else None
+        self.sp.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -306,12 +342,12 @@ class GRPOTrainer:
         cfg = self.config
         if resume and not self.resume():
             log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         while self.step < cfg.steps:
             record = self.train_step()
             bar.update(1)
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
-            if writer is not None:
+            if writer is not None and self.is_main:
                 for key, value in record.items():
                     if key != "step":
                         writer.add_scalar(f"grpo/{key}", value, self.step)
