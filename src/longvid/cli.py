@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,15 +27,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_set(config):
+def _training_set(config, main_rank: bool = True):
     """The training rows with their videos checked up front (bad ones skipped and counted, or an error)."""
     from .data.dataset import VideoDataset
 
     dataset = VideoDataset.from_jsonl(config.train, skip_bad=config.skip_bad, video=config.video)
-    dataset.validate_videos(progress=config.progress)
+    dataset.validate_videos(progress=config.progress and main_rank)
     if dataset.num_bad:
         log.warning("skipped %d bad rows of %s", dataset.num_bad, config.train)
     return dataset
+
+
+def _mesh(config):
+    """The process mesh from torchrun's environment (a mesh of one without it)."""
+    from .parallel.mesh import init_mesh
+
+    return init_mesh(sp=config.parallel.sp, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
+
+
+PARALLEL_FLAGS = {"sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring"}
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -44,12 +55,17 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from .model import load_adapter
     from .sft.trainer import SFTConfig, SFTTrainer
 
-    config = load_config(SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps"}))
-    dataset = _training_set(config)
+    config = load_config(
+        SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps", **PARALLEL_FLAGS})
+    )
+    mesh = _mesh(config)
+    dataset = _training_set(config, mesh.rank == 0)
     adapter = load_adapter(config.model)
-    trainer = SFTTrainer(adapter, config, dataset.samples, dataset.load_frames)
-    writer = SummaryWriter(str(Path(config.out_dir) / "tb"))
+    trainer = SFTTrainer(adapter, config, dataset.samples, dataset.load_frames, mesh=mesh)
+    writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
     history = trainer.train(resume=args.resume, writer=writer)
+    if writer is None:
+        return 0
     writer.close()
     print(f"trained {history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}; {dataset.num_bad} bad rows "
           f"skipped; checkpoints in {Path(config.out_dir) / 'checkpoints'}")
@@ -95,12 +111,16 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from .model import load_adapter
     from .rl.trainer import GRPOConfig, GRPOTrainer
 
-    config = load_config(GRPOConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps", "model": "model.path"}))
-    dataset = _training_set(config)
+    flags = {"train": "train", "out_dir": "out_dir", "steps": "steps", "model": "model.path", **PARALLEL_FLAGS}
+    config = load_config(GRPOConfig, args.config, _overrides(args, flags))
+    mesh = _mesh(config)
+    dataset = _training_set(config, mesh.rank == 0)
     adapter = load_adapter(config.model)
-    trainer = GRPOTrainer(adapter, config, dataset.samples, dataset.load_frames)
-    writer = SummaryWriter(str(Path(config.out_dir) / "tb"))
+    trainer = GRPOTrainer(adapter, config, dataset.samples, dataset.load_frames, mesh=mesh)
+    writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
     history = trainer.train(resume=args.resume, writer=writer)
+    if writer is None:
+        return 0
     writer.close()
     last = history[-1]
     print(f"trained {last['step']} steps: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
@@ -136,6 +156,12 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sp", type=int, help="sequence-parallel ranks per sample (under torchrun)")
+    p.add_argument("--ulysses", type=int, help="Ulysses (all-to-all) part of --sp; the rest is ring")
+    p.add_argument("--ring", type=int, help="ring part of --sp; the rest is Ulysses")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longvid", description="Teach vision-language models to reason about long videos.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
@@ -155,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. optim.lr=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    _parallel_flags(p)
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="multiple-choice evaluation (accuracy overall and per category)")
@@ -177,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the config)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. beta=0.04")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    _parallel_flags(p)
     p.set_defaults(func=cmd_grpo)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -207,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from .parallel.launch import fail_fast
+
+            # Under torchrun a failing rank exits at once, so its peers fail instead of hanging.
+            return fail_fast(args.func)(args)
         return args.func(args)
     except LongvidError as e:
         print(f"longvid: error: {e}", file=sys.stderr)

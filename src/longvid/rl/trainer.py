@@ -252,7 +252,7 @@ class GRPOTrainer:
                 )
                 loss.backward()
                 times["backward"] += time.perf_counter() - t
-                stats["loss"].append(float(loss))
+                stats["loss"].append(float(loss.detach()))
                 stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
                 stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
             grad_norm = self._optimizer_step() if kept else 0.0
