@@ -55,7 +55,27 @@ def test_positions_are_3d_for_video_and_continue_after_prompt(adapter):
     text = pos[:, ~prompt.visual_mask]
     assert torch.equal(text[0], text[1]) and torch.equal(text[1], text[2])
     cont = adapter.continuation_positions(pos, 3)
-    assert cont[:, 0].tolist() == [int(pos.max()) + 1] * 3
+    assert cont[:, 0].tolist() == [int(pos[0, -1]) + 1] * 3
+
+
+def test_response_positions_equal_hf_forward_over_prompt_and_response(adapter):
+    """A long video's temporal positions run past the text; the response must still continue
+    where Hugging Face's own forward over prompt + response puts it."""
+    frames = _frames(64, 56, 56)
+    video = adapter.preprocess(frames, np.arange(64) * 2.0)
+    with torch.no_grad():
+        visual = adapter.encode(video)
+    prompt = adapter.build_prompt("q", visual)
+    response = adapter.response_ids("<think>x</think><answer>B</answer>")
+    full_ids = torch.cat([prompt.input_ids, response])
+    types = torch.cat([prompt.visual_mask, torch.zeros(len(response), dtype=torch.bool)])
+    hf_pos, _ = adapter.hf.model.get_rope_index(
+        full_ids[None], mm_token_type_ids=(types[None] * 2).int(), video_grid_thw=visual.grid_thw,
+        second_per_grid_ts=torch.tensor([visual.seconds_per_grid]),
+    )
+    ours = adapter.positions(prompt, visual)
+    assert int(ours.max()) > int(ours[0, -1])  # the trap: the video's positions exceed the text's
+    assert torch.equal(adapter.continuation_positions(ours, len(response)), hf_pos[:, 0, len(prompt):])
 
 
 def test_chunked_encoding_is_exact(adapter):

@@ -127,3 +127,17 @@ def test_lr_schedule_warms_up_then_decays():
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in zip(values[3:], values[4:]))
     assert values[-1] >= 0.1
+
+
+@pytest.mark.parametrize("name", ["sft_tiny.yaml", "grpo_tiny.yaml"])
+def test_shipped_tiny_recipes_load(tmp_path, name):
+    from pathlib import Path
+
+    from longvid.config import load_config
+    from longvid.rl.trainer import GRPOConfig
+
+    train = tmp_path / "t.jsonl"
+    train.write_text("{}\n")
+    cls = SFTConfig if name.startswith("sft") else GRPOConfig
+    cfg = load_config(cls, Path(__file__).parent.parent / "configs" / name, [f"train={train}"])
+    assert cfg.steps > 0 and cfg.video.num_frames == 32

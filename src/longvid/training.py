@@ -1,16 +1,22 @@
 """Training pieces shared by the recipes: optimizer and schedule configs, LoRA and stage freezing,
-and the deterministic, resumable order in which samples are visited."""
+the deterministic, resumable order in which samples are visited, and the `Trainer` loop."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from .checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
 from .config import Validated
 from .errors import ConfigError
 from .model.adapter import VLMAdapter
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -121,3 +127,94 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+class Trainer:
+    """The loop every recipe shares: steps with a progress bar, logging to TensorBoard, optimizer
+    steps over gradients reduced across ranks, and atomic checkpoints that resume exactly.
+
+    A recipe sets `config` (with steps, save_every, log_every, progress, optim), `adapter`, `sp`
+    (a `SequenceParallel`), `optimizer`, `scheduler`, `sampler`, and implements `train_step()`;
+    `extra_state()` / `load_extra_state()` carry whatever else must survive a restart.
+    """
+
+    name = "train"
+    postfix_keys: tuple[str, ...] = ("loss",)
+
+    def _setup_loop(self, out_dir: str) -> None:
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.checkpoint_dir = Path(out_dir) / "checkpoints"
+        self.is_main = self.sp.mesh.rank == 0
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def optimizer_step(self, *, dp_mean: bool) -> float:
+        """Reduce gradients over the mesh, clip, step; returns the gradient norm before clipping."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.sp.all_reduce_grads(params, dp_mean=dp_mean)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def save(self) -> Path | None:
+        """Rank 0 writes; every rank waits for it, so a resume never sees a half-written step."""
+        path = None
+        if self.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "history": self.history,
+                **self.extra_state(),
+            }
+            path = save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
+        self.sp.barrier()
+        return path
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        load_model_weights(self.adapter.model, path / "model")
+        state = load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        self.history = [dict(h) for h in state["history"]]
+        self.load_extra_state(state)
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def train_step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def train(self, *, resume: bool = False, writer=None) -> list[dict[str, float]]:
+        cfg = self.config
+        if resume and not self.resume():
+            log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
+        show = cfg.progress and self.is_main
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=not show, dynamic_ncols=True)
+        while self.step < cfg.steps:
+            record = self.train_step()
+            bar.update(1)
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in self.postfix_keys})
+            if writer is not None and self.is_main:
+                for key, value in record.items():
+                    if key != "step":
+                        writer.add_scalar(f"{self.name}/{key}", value, self.step)
+            if cfg.log_every and self.step % cfg.log_every == 0:
+                log.info("%s step %d: %s", self.name, self.step, ", ".join(f"{k} {record[k]:.4g}" for k in self.postfix_keys))
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+        bar.close()
+        self.save()
+        return self.history

@@ -2,9 +2,10 @@
 
 We patchify frames ourselves (the Hugging Face video processor needs torchvision, which has no CPU
 build) and delegate 3-D rotary positions to the model's own `get_rope_index`, so positions are
-exactly what the installed model computes. Text that follows the prompt (a response) continues at
-`max(prompt positions) + 1`, which is where Hugging Face `generate` places it; rollout and training
-both use that rule, so they see the same positions.
+exactly what the installed model computes. Text that follows the prompt (a response) continues one
+past the prompt's last token, as both Hugging Face `generate` and a forward over prompt + response
+place it (in transformers 5.x text after a video no longer starts past the video's largest temporal
+position, so "largest position + 1" would disagree); rollout and training both use this rule.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ class Qwen25VLAdapter:
         return pos[:, 0]
 
     def continuation_positions(self, prefix_positions: torch.Tensor, length: int) -> torch.Tensor:
-        start = int(prefix_positions.max()) + 1
+        start = int(prefix_positions[:, -1].max()) + 1
         return (torch.arange(length, device=prefix_positions.device) + start).expand(3, -1)
 
     # -- language model ------------------------------------------------------------------------

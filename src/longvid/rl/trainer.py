@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
 from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
@@ -29,7 +27,7 @@ from ..model.adapter import VLMAdapter
 from ..model.sampling import SamplingConfig
 from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
-from ..training import EpochSampler, LoRAConfig, OptimConfig, apply_trainable, build_optimizer
+from ..training import EpochSampler, LoRAConfig, OptimConfig, Trainer, apply_trainable, build_optimizer
 from ..video.decode import Frames
 from .cache import CacheKey, EmbeddingCache, video_identity
 from .difficulty import filter_groups
@@ -100,7 +98,10 @@ class GRPOConfig(Validated):
         return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.top_k)
 
 
-class GRPOTrainer:
+class GRPOTrainer(Trainer):
+    name = "grpo"
+    postfix_keys = ("reward", "accuracy", "kl", "drift")
+
     def __init__(
         self,
         adapter: VLMAdapter,
@@ -126,17 +127,14 @@ class GRPOTrainer:
         par = config.parallel
         self.sp = SequenceParallel(self.adapter, mesh, mode=par.mode, layout=par.layout)
         self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
-        self.is_main = mesh.rank == 0
         self.rewards = RewardSuite.from_weights(config.rewards)
         self.cache = EmbeddingCache(config.cache_bytes, offload=config.cache_offload)
         self.encoder_version = 0
-        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
+        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps * config.num_iterations)
         self.sampler = EpochSampler(len(samples), config.seed)
         # SP ranks of a group must sample the same responses; data-parallel ranks different ones.
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + mesh.dp_rank)
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.checkpoint_dir = Path(config.out_dir) / "checkpoints"
+        self._setup_loop(config.out_dir)
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -255,7 +253,10 @@ class GRPOTrainer:
                 stats["loss"].append(float(loss.detach()))
                 stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
                 stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
-            grad_norm = self._optimizer_step() if kept else 0.0
+            # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
+            grad_norm = self.optimizer_step(dp_mean=True) if kept else 0.0
+            if kept and cfg.train_vision:
+                self.encoder_version += 1  # cached embeddings of the old tower are stale now
         self.step += 1
 
         lengths = torch.cat([grp.samples.lengths for grp in groups]).float()
@@ -290,77 +291,12 @@ class GRPOTrainer:
         mine = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
         return group_advantages(everything, group_size, "batch")[mine].view(-1, group_size)
 
-    def _optimizer_step(self) -> float:
-        params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
-        # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
-        self.sp.all_reduce_grads(params, dp_mean=True)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.config.train_vision:
-            self.encoder_version += 1  # cached embeddings of the old tower are stale now
-        return grad_norm
+    def extra_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "encoder_version": self.encoder_version}
 
-    # -- loop and checkpoints --------------------------------------------------------------------
-
-    def save(self) -> Path | None:
-        """Rank 0 writes; every rank waits for it."""
-        path = self._write_checkpoint() if self.is_main else None
-        self.sp.barrier()
-        return path
-
-    def _write_checkpoint(self) -> Path:
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "generator": self.generator.get_state(),
-            "encoder_version": self.encoder_version,
-            "history": self.history,
-        }
-        return save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
-
-    def resume(self) -> bool:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        load_model_weights(self.adapter.model, path / "model")
-        state = load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+    def load_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.encoder_version = state["encoder_version"]
-        self.step = state["step"]
-        self.history = [dict(h) for h in state["history"]]
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", path, self.step)
-        return True
-
-    def train(self, *, resume: bool = False, writer=None) -> list[dict[str, float]]:
-        cfg = self.config
-        if resume and not self.resume():
-            log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
-        while self.step < cfg.steps:
-            record = self.train_step()
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
-            if writer is not None and self.is_main:
-                for key, value in record.items():
-                    if key != "step":
-                        writer.add_scalar(f"grpo/{key}", value, self.step)
-            if cfg.log_every and self.step % cfg.log_every == 0:
-                log.info(
-                    "step %d reward %.3f acc %.3f kl %.4f drift %.2e cache hits %.2f",
-                    self.step, record["reward"], record["accuracy"], record["kl"], record["drift"], record["cache_hit_rate"],
-                )
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                self.save()
-        bar.close()
-        self.save()
-        return self.history
 
 
 def _mean(values: list[float]) -> float:

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
 from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
@@ -24,7 +22,7 @@ from ..inputs import question_text, target_text, with_response
 from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
 from ..model.adapter import VLMAdapter
-from ..training import EpochSampler, LoRAConfig, OptimConfig, apply_trainable, build_optimizer
+from ..training import EpochSampler, LoRAConfig, OptimConfig, Trainer, apply_trainable, build_optimizer
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,10 @@ class SFTConfig(Validated):
             raise ConfigError("everything is frozen: nothing would train")
 
 
-class SFTTrainer:
+class SFTTrainer(Trainer):
+    name = "sft"
+    postfix_keys = ("loss", "tokens_per_s")
+
     def __init__(
         self,
         adapter: VLMAdapter,
@@ -86,42 +87,9 @@ class SFTTrainer:
         self.load_frames = load_frames
         mesh = mesh or Mesh.single()
         self.sp = SequenceParallel(self.adapter, mesh, mode=config.parallel.mode, layout=config.parallel.layout)
-        self.is_main = mesh.rank == 0
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
         self.sampler = EpochSampler(len(samples), config.seed)
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.checkpoint_dir = Path(config.out_dir) / "checkpoints"
-
-    def resume(self) -> bool:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            return False
-        load_model_weights(self.adapter.model, path / "model")
-        state = load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step = state["step"]
-        self.history = [dict(h) for h in state["history"]]
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", path, self.step)
-        return True
-
-    def save(self) -> Path | None:
-        """Rank 0 writes; every rank waits for it, so a resume never sees a half-written step."""
-        path = self._write_checkpoint() if self.is_main else None
-        self.sp.barrier()
-        return path
-
-    def _write_checkpoint(self) -> Path:
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "history": self.history,
-        }
-        return save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
+        self._setup_loop(config.out_dir)
 
     def train_step(self) -> dict[str, float]:
         adapter, cfg, mesh = self.adapter, self.config, self.sp.mesh
@@ -146,43 +114,19 @@ class SFTTrainer:
             loss.backward()
             loss_sum += loss.item()
             seq_tokens += embeds.shape[0]
-        self.sp.all_reduce_grads(p for g in self.optimizer.param_groups for p in g["params"])
         loss_sum = self.sp.all_reduce_sum(loss_sum)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # Losses are normalised by the step's global token count: sum gradients over all ranks.
+        grad_norm = self.optimizer_step(dp_mean=False)
         self.step += 1
         elapsed = time.perf_counter() - started
         record = {
             "step": self.step,
             "loss": loss_sum,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "tokens_per_s": seq_tokens / elapsed,
             "samples_per_s": len(batch) / elapsed,
         }
         self.history.append(record)
         return record
-
-    def train(self, *, resume: bool = False, writer=None) -> list[dict[str, float]]:
-        cfg = self.config
-        if resume and not self.resume():
-            log.info("no checkpoint in %s; starting fresh", self.checkpoint_dir)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="sft", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
-        while self.step < cfg.steps:
-            record = self.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            if writer is not None and self.is_main:
-                for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    writer.add_scalar(f"sft/{key}", record[key], self.step)
-            if cfg.log_every and self.step % cfg.log_every == 0:
-                log.info("step %d loss %.4f lr %.2e", self.step, record["loss"], record["lr"])
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                self.save()
-        bar.close()
-        self.save()
-        return self.history
