@@ -36,7 +36,11 @@ MASKS = {"causal": masks.causal, "shared_prefix": masks.shared_prefix(SEGMENTS)}
 GRID = (5, 8, 4)  # temporal patches x patch rows x patch cols of one video
 CASES = {
     2: [(dict(sp=2), mode, "contiguous", mask) for mode in ("ulysses", "ring") for mask in MASKS],
-    4: [(dict(sp=4, ulysses=2, ring=2), mode, "zigzag", mask) for mode in ("ulysses", "ring", "hybrid") for mask in MASKS],
+    4: [
+        (dict(sp=4, ulysses=2, ring=2), mode, "zigzag", mask)
+        for mode in ("ulysses", "ring", "hybrid")
+        for mask in MASKS
+    ],
 }
 
 

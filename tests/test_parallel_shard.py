@@ -75,7 +75,8 @@ def _gather_case(mesh):
     # Downstream each rank uses its own sequence shard of the gathered embeddings.
     part, pos = shard_sequence(gathered * w, 0, mesh, "zigzag")
     part.sum().backward()
-    return max((gathered - 2 * full).abs().max().item(), (mine.grad - 2 * w[start * rows : stop * rows]).abs().max().item())
+    expected_grad = 2 * w[start * rows : stop * rows]
+    return max((gathered - 2 * full).abs().max().item(), (mine.grad - expected_grad).abs().max().item())
 
 
 def _mesh_case(rank, world):

@@ -45,28 +45,37 @@ def _mesh(config):
     return init_mesh(sp=config.parallel.sp, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
 
 
+def _run_trainer(trainer_cls, config, resume: bool):
+    """Build the mesh, data and model, train; returns (history, dataset) on rank 0, None elsewhere."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .model import load_adapter
+
+    mesh = _mesh(config)
+    dataset = _training_set(config, mesh.rank == 0)
+    trainer = trainer_cls(load_adapter(config.model), config, dataset.samples, dataset.load_frames, mesh=mesh)
+    writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
+    history = trainer.train(resume=resume, writer=writer)
+    if writer is None:
+        return None
+    writer.close()
+    return history, dataset
+
+
 PARALLEL_FLAGS = {"sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring"}
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from torch.utils.tensorboard import SummaryWriter
-
     from .config import load_config
-    from .model import load_adapter
     from .sft.trainer import SFTConfig, SFTTrainer
 
     config = load_config(
         SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps", **PARALLEL_FLAGS})
     )
-    mesh = _mesh(config)
-    dataset = _training_set(config, mesh.rank == 0)
-    adapter = load_adapter(config.model)
-    trainer = SFTTrainer(adapter, config, dataset.samples, dataset.load_frames, mesh=mesh)
-    writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
-    history = trainer.train(resume=args.resume, writer=writer)
-    if writer is None:
+    run = _run_trainer(SFTTrainer, config, args.resume)
+    if run is None:
         return 0
-    writer.close()
+    history, dataset = run
     print(f"trained {history[-1]['step']} steps, final loss {history[-1]['loss']:.4f}; {dataset.num_bad} bad rows "
           f"skipped; checkpoints in {Path(config.out_dir) / 'checkpoints'}")
     return 0
@@ -105,24 +114,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    from torch.utils.tensorboard import SummaryWriter
-
     from .config import load_config
-    from .model import load_adapter
     from .rl.trainer import GRPOConfig, GRPOTrainer
 
     flags = {"train": "train", "out_dir": "out_dir", "steps": "steps", "model": "model.path", **PARALLEL_FLAGS}
     config = load_config(GRPOConfig, args.config, _overrides(args, flags))
-    mesh = _mesh(config)
-    dataset = _training_set(config, mesh.rank == 0)
-    adapter = load_adapter(config.model)
-    trainer = GRPOTrainer(adapter, config, dataset.samples, dataset.load_frames, mesh=mesh)
-    writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
-    history = trainer.train(resume=args.resume, writer=writer)
-    if writer is None:
+    run = _run_trainer(GRPOTrainer, config, args.resume)
+    if run is None:
         return 0
-    writer.close()
-    last = history[-1]
+    last = run[0][-1]
     print(f"trained {last['step']} steps: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
           f"kl {last['kl']:.4f}, drift {last['drift']:.1e}; checkpoints in {Path(config.out_dir) / 'checkpoints'}")
     return 0

@@ -226,7 +226,8 @@ def _tile_forward(q, k, v, q_pos, kv_pos, mask_fn, scale, out, lse, tile):
         o_b = torch.matmul(s.sub_(_finite(m_b).unsqueeze(-1)).exp_(), v[..., cols, :].to(acc))
         merged = torch.logaddexp(m, m_b)  # the log-sum-exp merge of two partial softmaxes
         safe = _finite(merged).unsqueeze(-1)
-        out[..., rows, :] = torch.exp(m.unsqueeze(-1) - safe) * out[..., rows, :] + torch.exp(m_b.unsqueeze(-1) - safe) * o_b
+        old = torch.exp(m.unsqueeze(-1) - safe) * out[..., rows, :]
+        out[..., rows, :] = old + torch.exp(m_b.unsqueeze(-1) - safe) * o_b
         lse[..., rows] = merged
 
 
