@@ -81,18 +81,26 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _checked_data_and_model(args: argparse.Namespace):
+    """The dataset (videos checked up front) and the model, for commands that only run inference."""
     from .config import ModelConfig, VideoConfig
     from .data.dataset import VideoDataset
-    from .eval.mcq import frames_scaling, evaluate, write_result
-    from .eval.plots import plot_frames_scaling
     from .model import load_adapter
 
     data = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=VideoConfig(num_frames=args.frames, size=args.size))
     data.validate_videos()
+    return data, load_adapter(ModelConfig(path=args.model))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import VideoConfig
+    from .data.dataset import VideoDataset
+    from .eval.mcq import frames_scaling, evaluate, write_result
+    from .eval.plots import plot_frames_scaling
+
+    data, adapter = _checked_data_and_model(args)
     bad = data.bad
     samples = data.samples[: args.limit] if args.limit else data.samples
-    adapter = load_adapter(ModelConfig(path=args.model))
 
     def loader(n: int):
         return VideoDataset(samples, root=data.root, video=VideoConfig(num_frames=n, size=args.size)).load_frames
@@ -129,15 +137,10 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from .config import ModelConfig, VideoConfig
-    from .data.dataset import VideoDataset
     from .data.reason.filter import answer_many, write_splits
-    from .model import load_adapter
     from .model.sampling import SamplingConfig
 
-    dataset = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=VideoConfig(num_frames=args.frames, size=args.size))
-    dataset.validate_videos()
-    adapter = load_adapter(ModelConfig(path=args.model))
+    dataset, adapter = _checked_data_and_model(args)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     correct = answer_many(adapter, dataset, args.num, sampling, seed=args.seed)
     paths = write_splits(dataset, correct, args.data)
