@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from longvid.model.adapter import VisualEmbeds
-from longvid.rl.cache import CacheKey, EmbeddingCache, video_identity
+from longvid.data.dataset import video_identity
+from longvid.rl.cache import CacheKey, EmbeddingCache
 
 
 def _visual(n, d=8, value=1.0):
@@ -70,3 +71,17 @@ def test_video_identity_tracks_file_changes_and_pixels(tmp_path):
     b = a.copy()
     b[1, 2, 2, 0] = 1
     assert video_identity("mem", a) != video_identity("mem", b)
+
+
+def test_dataset_video_key_needs_no_decoding_and_tracks_the_file(tmp_path):
+    from longvid.data.dataset import VideoDataset
+    from longvid.data.schema import Sample
+
+    (tmp_path / "v.mp4").write_bytes(b"not decoded here")
+    file_row = Sample(id="a", video="v.mp4", question="q", answer="A", category="plot", options=("x", "y"))
+    spec_row = Sample(id="b", video="synth:plot?seed=1&frames=8&size=56", question="q", answer="A", category="plot", options=("x", "y"))
+    data = VideoDataset([file_row, spec_row], root=tmp_path, num_frames=8)
+    first = data.video_key(file_row)
+    (tmp_path / "v.mp4").write_bytes(b"changed content, longer")
+    assert data.video_key(file_row) != first and first.startswith("file:")
+    assert data.video_key(spec_row) == spec_row.video

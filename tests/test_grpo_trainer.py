@@ -43,6 +43,21 @@ def test_each_video_is_encoded_once_and_rollout_equals_training_inputs(tmp_path)
         assert set(record) >= {"reward/accuracy", "reward/format", "time/rollout", "time/policy", "clip_fraction"}
 
 
+def test_with_a_video_key_cache_hits_skip_decoding(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    decoded = []
+
+    def counting(sample):
+        decoded.append(sample.id)
+        return frames(sample)
+
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1)), _config(tmp_path, steps=3), samples, counting,
+                          video_key=lambda s: f"key:{s.id}")
+    trainer.train()
+    assert sorted(decoded) == sorted(s.id for s in samples)  # decoded on the two misses only
+    assert trainer.cache.stats.hits == 4
+
+
 def test_training_changes_the_policy_and_kl_grows_from_zero(tmp_path):
     samples, frames = flash_set(2, num_frames=8)
     adapter = load_adapter(ModelConfig(seed=1))

@@ -45,15 +45,16 @@ def _mesh(config):
     return init_mesh(sp=config.parallel.sp, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
 
 
-def _run_trainer(trainer_cls, config, resume: bool):
-    """Build the mesh, data and model, train; returns (history, dataset) on rank 0, None elsewhere."""
+def _run_trainer(make_trainer, config, resume: bool):
+    """Build the mesh, data and model, train; returns (history, dataset) on rank 0, None elsewhere.
+    `make_trainer(adapter, dataset, mesh)` builds the recipe's trainer."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .model import load_adapter
 
     mesh = _mesh(config)
     dataset = _training_set(config, mesh.rank == 0)
-    trainer = trainer_cls(load_adapter(config.model), config, dataset.samples, dataset.load_frames, mesh=mesh)
+    trainer = make_trainer(load_adapter(config.model), dataset, mesh)
     writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
     history = trainer.train(resume=resume, writer=writer)
     if writer is None:
@@ -72,7 +73,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     config = load_config(
         SFTConfig, args.config, _overrides(args, {"train": "train", "out_dir": "out_dir", "steps": "steps", **PARALLEL_FLAGS})
     )
-    run = _run_trainer(SFTTrainer, config, args.resume)
+    run = _run_trainer(
+        lambda adapter, data, mesh: SFTTrainer(adapter, config, data.samples, data.load_frames, mesh=mesh), config, args.resume
+    )
     if run is None:
         return 0
     history, dataset = run
@@ -127,7 +130,14 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
     flags = {"train": "train", "out_dir": "out_dir", "steps": "steps", "model": "model.path", **PARALLEL_FLAGS}
     config = load_config(GRPOConfig, args.config, _overrides(args, flags))
-    run = _run_trainer(GRPOTrainer, config, args.resume)
+    run = _run_trainer(
+        # The dataset knows each video's identity without decoding it: cache hits skip the decode.
+        lambda adapter, data, mesh: GRPOTrainer(
+            adapter, config, data.samples, data.load_frames, mesh=mesh, video_key=data.video_key
+        ),
+        config,
+        args.resume,
+    )
     if run is None:
         return 0
     last = run[0][-1]

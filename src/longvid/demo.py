@@ -107,7 +107,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         progress=progress,
         log_every=0,
     )
-    grpo_history = GRPOTrainer(adapter, grpo_config, train, train_set.load_frames).train()
+    grpo_history = GRPOTrainer(adapter, grpo_config, train, train_set.load_frames, video_key=train_set.video_key).train()
     timings["grpo_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -141,6 +141,35 @@ class Trainer:
     name = "train"
     postfix_keys: tuple[str, ...] = ("loss",)
 
+    def _setup(
+        self,
+        adapter: VLMAdapter,
+        config,
+        samples: list,
+        load_frames,
+        mesh,
+        *,
+        freeze_vision: bool,
+        freeze_projector: bool,
+        freeze_llm: bool,
+        total_steps: int,
+    ) -> None:
+        """Trainable parameters, sequence parallelism, optimizer, sample order and loop state."""
+        from .parallel.apply import SequenceParallel
+        from .parallel.mesh import Mesh
+
+        if not samples:
+            raise ConfigError("the training set is empty")
+        self.config = config
+        self.adapter = apply_trainable(
+            adapter, config.lora, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm
+        )
+        self.samples, self.load_frames = samples, load_frames
+        self.sp = SequenceParallel(self.adapter, mesh or Mesh.single(), mode=config.parallel.mode, layout=config.parallel.layout)
+        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, total_steps)
+        self.sampler = EpochSampler(len(samples), config.seed)
+        self._setup_loop(config.out_dir)
+
     def _setup_loop(self, out_dir: str) -> None:
         self.step = 0
         self.history: list[dict[str, float]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -46,6 +48,20 @@ def resolve_video(video: str, root: Path) -> Path:
     if not real.is_file():
         raise ValueError(f"field 'video': file not found: {full}")
     return real
+
+
+def video_identity(video: str | os.PathLike, pixels: np.ndarray | None = None) -> str:
+    """What makes a video's content unique: file path, size and mtime; a synthetic spec itself; or
+    a hash of in-memory pixels."""
+    text = str(video)
+    if pixels is not None:
+        digest = hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
+        return f"pixels:{pixels.shape}:{digest}"
+    if text.startswith(SPEC_PREFIX):
+        return text
+    path = Path(text)
+    stat = path.stat()
+    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _parse_row(raw: bytes, root: Path, seen: dict[str, int]) -> Sample:
@@ -219,6 +235,12 @@ class VideoDataset(Dataset):
         if self._cache is not None:
             self._cache[sample.id] = frames
         return frames
+
+    def video_key(self, sample: Sample) -> str:
+        """The content identity of a row's video without decoding it (spec, or file path/size/mtime)."""
+        if sample.video.startswith(SPEC_PREFIX):
+            return sample.video
+        return video_identity(resolve_video(sample.video, self.root))
 
     def validate_videos(self, *, full: bool = False, progress: bool = True) -> list[BadRow]:
         """Check every video up front: probe its header, or with full=True load it as training will.

@@ -9,15 +9,11 @@ back to the model's device on use.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ..model.adapter import VisualEmbeds
@@ -25,24 +21,10 @@ from ..model.adapter import VisualEmbeds
 log = logging.getLogger(__name__)
 
 
-def video_identity(video: str | os.PathLike, pixels: np.ndarray | None = None) -> str:
-    """What makes a video's content unique: file path, size and mtime; a synthetic spec itself; or
-    a hash of in-memory pixels."""
-    text = str(video)
-    if pixels is not None:
-        digest = hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
-        return f"pixels:{pixels.shape}:{digest}"
-    if text.startswith("synth:"):
-        return text
-    path = Path(text)
-    stat = path.stat()
-    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 @dataclass(frozen=True)
 class CacheKey:
     sample_id: str
-    video: str  # video_identity(...)
+    video: str  # the video's content identity (`longvid.data.dataset.video_identity`)
     sampling: str  # e.g. "frames=32,size=56"
     encoder_version: int
 

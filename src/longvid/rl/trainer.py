@@ -10,7 +10,6 @@ training log-probs is ~0 by construction; it is logged every step to prove it.
 from __future__ import annotations
 
 import copy
-import contextlib
 import dataclasses
 import logging
 import time
@@ -20,19 +19,21 @@ from typing import Callable, Literal
 import torch
 
 from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
+from ..data.dataset import video_identity
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import Encoded, question_text
-from ..model.adapter import VLMAdapter
+from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from ..model.sampling import SamplingConfig
 from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
-from ..training import EpochSampler, LoRAConfig, OptimConfig, Trainer, apply_trainable, build_optimizer
+from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
-from .cache import CacheKey, EmbeddingCache, video_identity
+from ..video.synth import SPEC_PREFIX
+from .cache import CacheKey, EmbeddingCache
 from .difficulty import filter_groups
 from .grpo import grpo_loss, group_advantages
-from .packing import pack, packed_logprobs
+from .packing import Packed, pack, packed_logprobs
 from .rewards import RewardSuite
 from .rollout import Group, rollout_group
 
@@ -109,73 +110,90 @@ class GRPOTrainer(Trainer):
         samples: list[Sample],
         load_frames: Callable[[Sample], Frames],
         mesh: Mesh | None = None,
+        video_key: Callable[[Sample], str] | None = None,
     ):
-        if not samples:
-            raise ConfigError("the training set is empty")
-        self.config = config
         # The reference is taken before LoRA wraps the model: a frozen copy of the starting policy.
         self.reference = None
         if config.beta > 0 and config.reference == "copy":
             self.reference = copy.copy(adapter)
             self.reference.model = copy.deepcopy(adapter.model).eval().requires_grad_(False)
-        self.adapter = apply_trainable(
-            adapter, config.lora, freeze_vision=not config.train_vision, freeze_projector=not config.train_vision, freeze_llm=False
+        frozen = not config.train_vision
+        self._setup(
+            adapter,
+            config,
+            samples,
+            load_frames,
+            mesh,
+            freeze_vision=frozen,
+            freeze_projector=frozen,
+            freeze_llm=False,
+            total_steps=config.steps * config.num_iterations,
         )
-        self.samples = samples
-        self.load_frames = load_frames
-        mesh = mesh or Mesh.single()
+        mesh = self.sp.mesh
         par = config.parallel
-        self.sp = SequenceParallel(self.adapter, mesh, mode=par.mode, layout=par.layout)
         self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
+        # Without `video_key` a video's identity is a hash of its decoded pixels (decoded every step).
+        self.video_key = video_key
         self.rewards = RewardSuite.from_weights(config.rewards)
         self.cache = EmbeddingCache(config.cache_bytes, offload=config.cache_offload)
         self.encoder_version = 0
-        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps * config.num_iterations)
-        self.sampler = EpochSampler(len(samples), config.seed)
         # SP ranks of a group must sample the same responses; data-parallel ranks different ones.
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + mesh.dp_rank)
-        self._setup_loop(config.out_dir)
 
     # -- one step --------------------------------------------------------------------------------
 
-    def _encode(self, sample: Sample) -> Encoded:
-        cfg = self.config
+    def _identity(self, sample: Sample) -> tuple[str, Frames | None]:
+        """The video's content identity, and its frames if finding it meant decoding them."""
+        if self.video_key is not None:
+            return self.video_key(sample), None
+        if sample.video.startswith(SPEC_PREFIX):
+            return sample.video, None
         frames = self.load_frames(sample)
-        key = CacheKey(
-            sample.id,
-            video_identity(sample.video, frames.pixels if not sample.video.startswith("synth:") else None),
-            f"frames={cfg.video.num_frames},fps={cfg.video.fps},max={cfg.video.max_frames},size={cfg.video.size}",
-            self.encoder_version,
+        return video_identity(sample.video, frames.pixels), frames
+
+    def _encode(self, sample: Sample) -> tuple[Encoded, VideoInputs | None]:
+        """Embeddings from the cache (decoding and encoding only on a miss), the prompt, and — when
+        the vision tower trains — the model-ready pixels the policy pass re-encodes."""
+        cfg = self.config
+        identity, frames = self._identity(sample)
+        sampling = f"frames={cfg.video.num_frames},fps={cfg.video.fps},max={cfg.video.max_frames},size={cfg.video.size}"
+        key = CacheKey(sample.id, identity, sampling, self.encoder_version)
+        video = None
+
+        def pixels() -> VideoInputs:
+            nonlocal frames, video
+            if video is None:
+                frames = frames if frames is not None else self.load_frames(sample)
+                video = self.adapter.preprocess(frames.pixels, frames.timestamps)
+            return video
+
+        visual = self.cache.get_or_encode(
+            key, lambda: self.sp.encode(pixels(), chunk_patches=cfg.video.encode_chunk), device=self.adapter.device
         )
+        encoded = Encoded(sample, visual, self.adapter.build_prompt(question_text(sample), visual))
+        return encoded, (pixels() if cfg.train_vision else None)
 
-        def encode():
-            video = self.adapter.preprocess(frames.pixels, frames.timestamps)
-            return self.sp.encode(video, chunk_patches=cfg.video.encode_chunk)
+    def _packed(self, adapter: VLMAdapter, group: Group, visual: VisualEmbeds) -> Packed:
+        embeds, positions = adapter.prefix_inputs(group.encoded.prompt, visual)
+        return pack(adapter, embeds, positions, group.responses)
 
-        visual = self.cache.get_or_encode(key, encode, device=self.adapter.device)
-        return Encoded(sample, visual, self.adapter.build_prompt(question_text(sample), visual))
-
-    def _policy_inputs(self, group: Group):
-        enc = group.encoded
-        visual = enc.visual
-        if self.config.train_vision:  # the policy pass needs gradients through the vision tower
-            frames = self.load_frames(enc.sample)
-            visual = self.sp.encode(self.adapter.preprocess(frames.pixels, frames.timestamps))
-        embeds, positions = self.adapter.prefix_inputs(enc.prompt, visual)
-        return pack(self.adapter, embeds, positions, group.responses)
+    def _policy_inputs(self, group: Group, video: VideoInputs | None) -> Packed:
+        """The packed group; with a trainable vision tower the video is re-encoded with gradients."""
+        visual = group.encoded.visual if video is None else self.sp.encode(video, chunk_patches=self.config.video.encode_chunk)
+        return self._packed(self.adapter, group, visual)
 
     def _reference_logprobs(self, group: Group) -> torch.Tensor | None:
+        """The reference pass reuses the step's cached embeddings; it never re-encodes."""
         if self.config.beta == 0:
             return None
+        temperature = self.config.temperature
         with torch.no_grad():
             if self.reference is not None:
-                ref = self.reference
-                embeds, positions = ref.prefix_inputs(group.encoded.prompt, group.encoded.visual)
-                packed = pack(ref, embeds, positions, group.responses)
-                return packed_logprobs(ref, packed, temperature=self.config.temperature, sp=self.ref_sp)
+                packed = self._packed(self.reference, group, group.encoded.visual)
+                return packed_logprobs(self.reference, packed, temperature=temperature, sp=self.ref_sp)
             with self.adapter.model.disable_adapter():
-                packed = self._policy_inputs(group)
-                return packed_logprobs(self.adapter, packed, temperature=self.config.temperature, sp=self.sp)
+                packed = self._packed(self.adapter, group, group.encoded.visual)
+                return packed_logprobs(self.adapter, packed, temperature=temperature, sp=self.sp)
 
     def train_step(self) -> dict[str, float]:
         cfg, adapter = self.config, self.adapter
@@ -184,10 +202,11 @@ class GRPOTrainer(Trainer):
         batch = [self.samples[i] for i in self.sampler.take(cfg.batch_size * mesh.dp_size)][mesh.dp_rank :: mesh.dp_size]
 
         adapter.model.eval()
-        groups = []
+        groups, videos = [], []
         for sample in batch:
             t = time.perf_counter()
-            enc = self._encode(sample)
+            enc, video = self._encode(sample)
+            videos.append(video)
             times["encode"] += time.perf_counter() - t
             t = time.perf_counter()
             groups.append(rollout_group(adapter, enc, cfg.group_size, cfg.sampling, generator=self.generator))
@@ -217,7 +236,7 @@ class GRPOTrainer(Trainer):
             for i in kept:
                 grp = groups[i]
                 t = time.perf_counter()
-                packed = self._policy_inputs(grp)
+                packed = self._policy_inputs(grp, videos[i])
                 logp = packed_logprobs(adapter, packed, temperature=cfg.temperature, sp=self.sp)
                 times["policy"] += time.perf_counter() - t
                 if iteration == 0:

@@ -19,10 +19,9 @@ from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import question_text, target_text, with_response
-from ..parallel.apply import SequenceParallel
-from ..parallel.mesh import Mesh
 from ..model.adapter import VLMAdapter
-from ..training import EpochSampler, LoRAConfig, OptimConfig, Trainer, apply_trainable, build_optimizer
+from ..parallel.mesh import Mesh
+from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
@@ -73,23 +72,17 @@ class SFTTrainer(Trainer):
         load_frames: Callable[[Sample], Frames],
         mesh: Mesh | None = None,
     ):
-        if not samples:
-            raise ConfigError("the training set is empty")
-        self.config = config
-        self.adapter = apply_trainable(
+        self._setup(
             adapter,
-            config.lora,
+            config,
+            samples,
+            load_frames,
+            mesh,
             freeze_vision=config.freeze_vision,
             freeze_projector=config.freeze_projector,
             freeze_llm=config.freeze_llm,
+            total_steps=config.steps,
         )
-        self.samples = samples
-        self.load_frames = load_frames
-        mesh = mesh or Mesh.single()
-        self.sp = SequenceParallel(self.adapter, mesh, mode=config.parallel.mode, layout=config.parallel.layout)
-        self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, config.steps)
-        self.sampler = EpochSampler(len(samples), config.seed)
-        self._setup_loop(config.out_dir)
 
     def train_step(self) -> dict[str, float]:
         adapter, cfg, mesh = self.adapter, self.config, self.sp.mesh
