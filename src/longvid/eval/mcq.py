@@ -56,6 +56,24 @@ def predicted_answer(sample: Sample, text: str) -> str | None:
 
 
 @torch.no_grad()
+def respond(
+    adapter: VLMAdapter,
+    sample_row: Sample,
+    frames: Frames,
+    num_responses: int,
+    config: SamplingConfig,
+    *,
+    encode_chunk: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """`num_responses` answers to one question: the video encoded and prefilled once."""
+    enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
+    embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
+    out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
+    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
+
+
+@torch.no_grad()
 def evaluate(
     adapter: VLMAdapter,
     samples: list[Sample],
@@ -73,11 +91,7 @@ def evaluate(
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
     records = []
     for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
-        frames = load_frames(s)
-        enc = encode_sample(adapter, s, frames.pixels, frames.timestamps, chunk=encode_chunk)
-        embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-        out = sample(adapter, embeds, positions, 1, config)
-        text = adapter.decode(out.tokens[0, : int(out.lengths[0])])
+        text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk)[0]
         predicted = predicted_answer(s, text)
         records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
     return score(records, samples)

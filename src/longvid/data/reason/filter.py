@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...eval.mcq import predicted_answer
-from ...inputs import encode_sample
+from ...eval.mcq import predicted_answer, respond
 from ...model.adapter import VLMAdapter
-from ...model.sampling import SamplingConfig, sample
+from ...model.sampling import SamplingConfig
 from ...rl.difficulty import label_difficulty, split_by_difficulty, summary_table
 from ..dataset import VideoDataset
 
@@ -38,11 +37,7 @@ def answer_many(
     generator = torch.Generator().manual_seed(seed)
     correct = []
     for s in tqdm(dataset.samples, desc="answering", disable=not progress, dynamic_ncols=True):
-        frames = dataset.load_frames(s)
-        enc = encode_sample(adapter, s, frames.pixels, frames.timestamps)
-        embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-        out = sample(adapter, embeds, positions, num_answers, config, generator=generator)
-        texts = [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
+        texts = respond(adapter, s, dataset.load_frames(s), num_answers, config, generator=generator)
         correct.append([predicted_answer(s, t) == s.answer for t in texts])
     return correct
 
