@@ -15,6 +15,8 @@ from .checkpoint import latest_checkpoint, load_model_weights, load_state, save_
 from .config import Validated
 from .errors import ConfigError
 from .model.adapter import VLMAdapter
+from .parallel.apply import SequenceParallel
+from .parallel.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class Trainer:
         config,
         samples: list,
         load_frames,
-        mesh,
+        mesh: Mesh | None,
         *,
         freeze_vision: bool,
         freeze_projector: bool,
@@ -155,9 +157,6 @@ class Trainer:
         total_steps: int,
     ) -> None:
         """Trainable parameters, sequence parallelism, optimizer, sample order and loop state."""
-        from .parallel.apply import SequenceParallel
-        from .parallel.mesh import Mesh
-
         if not samples:
             raise ConfigError("the training set is empty")
         self.config = config
