@@ -50,7 +50,7 @@ def encode_sample(adapter: VLMAdapter, sample: Sample, pixels, timestamps, *, ch
 def with_response(
     adapter: VLMAdapter, prompt: Prompt, visual: VisualEmbeds, response_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`[prompt | response]` embeddings `[S, D]`, positions `[3, S]` and next-token labels `[S]`.
+    """`[prompt | response]` embeddings `[S, D]`, positions `[..., S]` and next-token labels `[S]`.
 
     Labels are already shifted: `labels[i]` is the token that position `i` predicts, -100 where
     nothing is learned, so the sequence can be sharded later without losing a target.
@@ -58,7 +58,7 @@ def with_response(
     embeds, positions = adapter.prefix_inputs(prompt, visual)
     response_ids = response_ids.to(embeds.device)
     embeds = torch.cat([embeds, adapter.embed_tokens(response_ids)])
-    positions = torch.cat([positions, adapter.continuation_positions(positions, len(response_ids))], dim=1)
+    positions = torch.cat([positions, adapter.continuation_positions(positions, len(response_ids))], dim=-1)
     labels = torch.full((embeds.shape[0],), -100, dtype=torch.long, device=embeds.device)
     labels[len(prompt) - 1 : -1] = response_ids
     return embeds, positions, labels

@@ -90,24 +90,29 @@ class VLMAdapter(Protocol):
         """Token ids of an assistant response, ending with the end-of-turn token."""
 
     def prefix_inputs(self, prompt: Prompt, visual: VisualEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
-        """`inputs_embeds [S, D]` with the visual embeddings spliced in, and rotary positions `[3, S]`."""
+        """`inputs_embeds [S, D]` with the visual embeddings spliced in, and the positions `[..., S]`.
+
+        Positions are opaque to family-neutral code except for one rule: their LAST dimension is the
+        sequence (Qwen's 3-D rotary ids are `[3, S]`). Callers concatenate them along dim -1, index
+        them as `positions[..., idx]`, and add the batch dimension as `positions.unsqueeze(-2)`."""
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Text token embeddings `[..., D]`."""
 
     def continuation_positions(self, prefix_positions: torch.Tensor, length: int) -> torch.Tensor:
-        """Positions `[3, length]` of text that follows a prefix (a response), as generation places it."""
+        """Positions `[..., length]` of text that follows a prefix (a response), as generation places it."""
 
     def hidden_states(
         self,
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
         **attention_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
-        """Final hidden states `[B, S, D]` (and the updated KV cache); `attention_kwargs` reach every
+        """Final hidden states `[B, S, D]` (and the updated KV cache, a transformers `Cache`) for
+        positions `[..., B, S]`; `attention_kwargs` reach every
         attention call (e.g. `sharded_mask` for sequence parallelism)."""
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -255,7 +255,7 @@ class Qwen25VLAdapter:
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor,
         attention_mask: Any = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
         **attention_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
@@ -268,11 +268,11 @@ class Qwen25VLAdapter:
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **attention_kwargs,
         )
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state, out.cache
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.hf.lm_head(hidden)

@@ -75,10 +75,10 @@ def sample(
     generator: torch.Generator | None = None,
     pad_id: int | None = None,
 ) -> Samples:
-    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[3, S]` positions)."""
+    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions)."""
     stop = torch.tensor(adapter.eos_token_ids, device=prefix_embeds.device)
     pad = int(pad_id if pad_id is not None else stop[0])
-    hidden, cache = adapter.hidden_states(prefix_embeds[None], prefix_positions[:, None], use_cache=True)
+    hidden, cache = adapter.hidden_states(prefix_embeds[None], prefix_positions.unsqueeze(-2), use_cache=True)
     logits = adapter.logits(hidden[:, -1]).float().expand(num_samples, -1)
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
@@ -104,10 +104,8 @@ def sample(
         done |= newly
         if bool(done.all()) or step + 1 == config.max_new_tokens:
             break
-        pos = steps[:, step].view(3, 1, 1).expand(3, num_samples, 1)
-        hidden, cache = adapter.hidden_states(
-            adapter.embed_tokens(token)[:, None], pos, past_key_values=cache, use_cache=True
-        )
+        pos = steps[..., step : step + 1].unsqueeze(-2).expand(*steps.shape[:-1], num_samples, 1)
+        hidden, cache = adapter.hidden_states(adapter.embed_tokens(token)[:, None], pos, cache=cache, use_cache=True)
         logits = adapter.logits(hidden[:, -1]).float()
     return Samples(
         tokens=torch.stack(tokens, dim=1),

@@ -67,12 +67,12 @@ class SequenceParallel:
         """Final hidden states of this rank's tokens `[S_local, D]` for a `[S, D]` sequence."""
         if not self.active:
             mask = None if mask_fn is causal else prepared_mask(mask_fn, len(embeds), embeds.device)
-            return self.adapter.hidden_states(embeds[None], positions[:, None], attention_mask=mask)[0][0]
+            return self.adapter.hidden_states(embeds[None], positions.unsqueeze(-2), attention_mask=mask)[0][0]
         local = self.shard(embeds)
-        local_pos = self.shard(positions, dim=1)
+        local_pos = self.shard(positions, dim=positions.dim() - 1)
         sharded = ShardedMask.from_layout(mask_fn, embeds.shape[0], self.mesh, self.layout)
         with self.adapter.language_attention(self.attention):
-            hidden, _ = self.adapter.hidden_states(local[None], local_pos[:, None], sharded_mask=sharded)
+            hidden, _ = self.adapter.hidden_states(local[None], local_pos.unsqueeze(-2), sharded_mask=sharded)
         return hidden[0]
 
     def token_logprobs(

@@ -22,7 +22,7 @@ from ..parallel.apply import SequenceParallel
 @dataclass
 class Packed:
     embeds: torch.Tensor  # [S, D]
-    positions: torch.Tensor  # [3, S]
+    positions: torch.Tensor  # [..., S] (the adapter's layout; last dim is the sequence)
     segment_ids: torch.Tensor  # [S]: 0 prefix, g for response g (1-based)
     source_index: torch.Tensor  # [G, L]: packed position whose hidden state predicts each response token
     targets: torch.Tensor  # [G, L] response tokens (0 where padded)
@@ -48,7 +48,7 @@ def pack(
     flat = torch.cat([r.to(device) for r in responses])
     embeds = torch.cat([prefix_embeds, adapter.embed_tokens(flat).to(prefix_embeds.dtype)])
     cont = adapter.continuation_positions(prefix_positions, max(lengths))
-    positions = torch.cat([prefix_positions] + [cont[:, :n] for n in lengths], dim=1)
+    positions = torch.cat([prefix_positions] + [cont[..., :n] for n in lengths], dim=-1)
     segment_ids = torch.cat(
         [torch.zeros(prefix_len, dtype=torch.long, device=device)]
         + [torch.full((n,), g + 1, dtype=torch.long, device=device) for g, n in enumerate(lengths)]
@@ -79,7 +79,7 @@ def packed_logprobs(
     """
     if sp is None:
         mask = masks.prepared_mask(packed.mask_fn, len(packed), packed.embeds.device)
-        hidden = adapter.hidden_states(packed.embeds[None], packed.positions[:, None], attention_mask=mask)[0][0]
+        hidden = adapter.hidden_states(packed.embeds[None], packed.positions.unsqueeze(-2), attention_mask=mask)[0][0]
         logp = token_logprobs(adapter, hidden[packed.source_index], packed.targets, temperature=temperature)
     else:
         logp = sp.token_logprobs(
@@ -104,8 +104,8 @@ def separate_logprobs(
     for r in responses:
         r = r.to(prefix_embeds.device)
         embeds = torch.cat([prefix_embeds, adapter.embed_tokens(r).to(prefix_embeds.dtype)])
-        positions = torch.cat([prefix_positions, adapter.continuation_positions(prefix_positions, len(r))], dim=1)
-        hidden, _ = adapter.hidden_states(embeds[None], positions[:, None])
+        positions = torch.cat([prefix_positions, adapter.continuation_positions(prefix_positions, len(r))], dim=-1)
+        hidden, _ = adapter.hidden_states(embeds[None], positions.unsqueeze(-2))
         rows.append(token_logprobs(adapter, hidden[0, prefix_len - 1 : -1], r, temperature=temperature))
     out = torch.zeros(len(responses), width, dtype=rows[0].dtype, device=rows[0].device)
     for g, row in enumerate(rows):
