@@ -80,8 +80,32 @@ class VLMAdapter(Protocol):
     def preprocess(self, pixels: torch.Tensor | Any, timestamps: Any) -> VideoInputs:
         """uint8 frames `[T, H, W, 3]` and their timestamps → model-ready pixels."""
 
-    def encode(self, video: VideoInputs) -> VisualEmbeds:
-        """Run the vision tower (with gradients if its parameters require them)."""
+    def encode(self, video: VideoInputs, *, chunk_patches: int | None = None) -> VisualEmbeds:
+        """Run the vision tower (with gradients if its parameters require them); with
+        `chunk_patches`, that many temporal units per call (exact, bounds memory)."""
+
+    def temporal_length(self, video: VideoInputs) -> int:
+        """How many temporal units the video has: the pieces its encoder treats independently, so
+        frame-sharded encoding may split between any two of them."""
+
+    def slice_temporal(self, video: VideoInputs, start: int, stop: int) -> VideoInputs:
+        """Temporal units `[start, stop)` of a video (for frame-sharded encoding)."""
+
+    def num_visual_tokens(self, video: VideoInputs) -> int:
+        """LLM tokens the encoder makes of `video` (without running it)."""
+
+    def layers(self) -> dict[str, list[torch.nn.Module]]:
+        """The repeated blocks by role, for FSDP wrapping and activation checkpointing:
+        "vision" (encoder blocks) and "llm" (decoder layers)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """Text of generated token ids (special tokens dropped)."""
 
     def build_prompt(self, question: str, visual: VisualEmbeds) -> Prompt:
         """Chat-template the question with the video and a generation prompt."""

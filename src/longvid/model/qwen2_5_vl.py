@@ -194,6 +194,21 @@ class Qwen25VLAdapter:
         embeds = parts[0] if len(parts) == 1 else torch.cat(parts)
         return VisualEmbeds(embeds, video.grid_thw.clone(), video.seconds_per_grid)
 
+    def temporal_length(self, video: VideoInputs) -> int:
+        return int(video.grid_thw[0, 0])
+
+    def slice_temporal(self, video: VideoInputs, start: int, stop: int) -> VideoInputs:
+        _, gh, gw = (int(v) for v in video.grid_thw[0])
+        rows = gh * gw
+        grid = torch.tensor([[stop - start, gh, gw]])
+        return VideoInputs(video.pixel_values[start * rows : stop * rows], grid, video.seconds_per_grid)
+
+    def num_visual_tokens(self, video: VideoInputs) -> int:
+        return self.visual_token_count(*(int(v) for v in video.grid_thw[0]))
+
+    def layers(self) -> dict[str, list[torch.nn.Module]]:
+        return {"vision": list(self.hf.model.visual.blocks), "llm": list(self.hf.model.language_model.layers)}
+
     # -- text -----------------------------------------------------------------------------------
 
     def build_prompt(self, question: str, visual: VisualEmbeds | int) -> Prompt:

@@ -41,15 +41,13 @@ class SequenceParallel:
         """Every rank encodes its temporal patches; all ranks get the whole video's embeddings."""
         if not self.active:
             return self.adapter.encode(video, chunk_patches=chunk_patches)
-        gt, gh, gw = (int(v) for v in video.grid_thw[0])
-        start, stop = split_frames(gt, self.mesh.sp_size)[self.mesh.sp_rank]
-        rows = gh * gw
+        shares = split_frames(self.adapter.temporal_length(video), self.mesh.sp_size)
+        start, stop = shares[self.mesh.sp_rank]
         if stop > start:
-            local = VideoInputs(video.pixel_values[start * rows : stop * rows], torch.tensor([[stop - start, gh, gw]]), video.seconds_per_grid)
-            mine = self.adapter.encode(local, chunk_patches=chunk_patches).embeds
+            mine = self.adapter.encode(self.adapter.slice_temporal(video, start, stop), chunk_patches=chunk_patches).embeds
         else:  # fewer temporal patches than ranks: an empty share that still joins the collective
             mine = self._empty_share()
-        sizes = [self.adapter.visual_token_count(b - a, gh, gw) for a, b in split_frames(gt, self.mesh.sp_size)]
+        sizes = [self.adapter.num_visual_tokens(self.adapter.slice_temporal(video, a, b)) for a, b in shares]
         return VisualEmbeds(gather_embeddings(mine, self.mesh, sizes), video.grid_thw.clone(), video.seconds_per_grid)
 
     def _empty_share(self) -> torch.Tensor:
