@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.model.adapter import VisualEmbeds
+import longvid.synth  # noqa: F401  (registers the synth: video source)
 from longvid.data.dataset import video_identity
+from longvid.model.adapter import VisualEmbeds
 from longvid.rl.cache import CacheKey, EmbeddingCache
 
 

@@ -12,7 +12,7 @@ import longvid.data.dataset as dataset_module
 from longvid.data.dataset import BadRow, VideoDataset, load_jsonl
 from longvid.errors import DataError, VideoError
 from longvid.video.decode import decode, encode_mp4
-from longvid.video.synth import make_sample
+from longvid.synth import make_sample
 
 GOOD = {
     "id": "a",

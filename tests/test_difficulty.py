@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from longvid.rl.difficulty import filter_groups, keep_group, label_difficulty, split_by_difficulty, summary_table
+from longvid.data.reason.filter import label_difficulty, split_by_difficulty, summary_table
+from longvid.rl.difficulty import filter_groups, keep_group
 
 
 def test_labels_from_lists():

@@ -14,8 +14,6 @@ from longvid.rl.rewards import (
     combined_reward,
     completion_text,
     format_reward,
-    grade,
-    infer_kind,
     load_reward_function,
 )
 
@@ -37,43 +35,6 @@ def test_conversational_completions():
     assert completion_text(parts) == "<think>x</think><answer>B</answer>"
     assert completion_text(None) == ""
     assert format_reward([message, parts]) == [1.0, 1.0]
-
-
-@pytest.mark.parametrize(
-    "completion, answer, kind, options, expected",
-    [
-        (GOOD_B, "B", "choice", None, 1.0),
-        (GOOD_C, "B", "choice", None, 0.0),
-        (BARE_B, "B", "choice", None, 1.0),  # no tags: the whole text is graded (format pays for it)
-        ("<answer>Argentina</answer>", "B", "choice", ["Brazil", "Argentina"], 1.0),  # option text
-        ("<answer>E or F</answer>", "E", "choice", None, 0.0),  # a hedge is not an answer
-        ("<answer>42</answer>", "42", "number", None, 1.0),
-        ("<answer>42.03</answer>", "42", "number", None, 1.0),  # within 0.1 %
-        ("<answer>43</answer>", "42", "number", None, 0.0),
-        ("<answer>about 1,000 frames</answer>", "1000", "number", None, 1.0),
-        ("<answer>no idea</answer>", "42", "number", None, 0.0),
-        ("<answer>The Eiffel Tower!</answer>", "eiffel tower", "text", None, 1.0),
-        ("<answer>Eiffel</answer>", "eiffel tower", "text", None, 0.0),
-        ("<answer></answer>", "the", "text", None, 0.0),  # empty after normalising never matches
-    ],
-)
-def test_grade(completion, answer, kind, options, expected):
-    assert grade(completion, answer, kind, options) == expected
-
-
-def test_infer_kind():
-    assert infer_kind("B", ["x", "y"]) == "choice"
-    assert infer_kind("12.5") == "number"
-    assert infer_kind("1,000") == "number"
-    assert infer_kind("a dog") == "text"
-    assert infer_kind("inf") == "text"
-
-
-def test_grade_errors():
-    with pytest.raises(ValueError, match="not one"):
-        grade("<answer>3</answer>", "three", "number")
-    with pytest.raises(ValueError, match="kind"):
-        grade("<answer>3</answer>", "3", "regex")
 
 
 def test_accuracy_reward_infers_kinds():

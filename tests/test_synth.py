@@ -11,7 +11,7 @@ import pytest
 from longvid.data.schema import Sample
 from longvid.errors import DataError
 from longvid.video.decode import decode, encode_mp4
-from longvid.video.synth import ALL_TASKS, CATEGORIES, make_sample, parse_spec, render_spec, write_dataset
+from longvid.synth import ALL_TASKS, CATEGORIES, make_sample, parse_spec, render_spec, write_dataset
 
 PHASES = ["beginning", "early middle", "late middle", "end"]
 QUADRANTS = ["top-left", "top-right", "bottom-left", "bottom-right"]

@@ -160,7 +160,7 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from .video.synth import write_dataset
+    from .synth import write_dataset
 
     path = write_dataset(
         args.out, args.num, num_frames=args.frames, size=args.size, seed=args.seed, as_files=not args.specs

@@ -16,7 +16,7 @@ from .model import load_adapter
 from .rl.trainer import GRPOConfig, GRPOTrainer
 from .sft.trainer import SFTConfig, SFTTrainer
 from .training import OptimConfig
-from .video.synth import CATEGORIES, write_dataset
+from .synth import CATEGORIES, write_dataset
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from longvid.data.schema import Sample
-from longvid.errors import DataError, VideoError
-from longvid.video.decode import Frames, check_sampling, decode, probe, sample_frames
-from longvid.video.synth import SPEC_PREFIX, check_spec, render_spec
+from ..errors import DataError, VideoError
+from ..video.decode import Frames, check_sampling, decode, probe, sample_frames
+from ..video.sources import source_for, unregistered_hint
+from .schema import Sample
 
 if TYPE_CHECKING:
-    from longvid.config import VideoConfig
+    from ..config import VideoConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,18 @@ def resolve_video(video: str, root: Path) -> Path:
     if not real.is_relative_to(root.resolve()):
         raise ValueError(f"field 'video': path {video!r} escapes the data root {root}")
     if not real.is_file():
-        raise ValueError(f"field 'video': file not found: {full}")
+        raise ValueError(f"field 'video': file not found: {full}{unregistered_hint(video)}")
     return real
 
 
 def video_identity(video: str | os.PathLike, pixels: np.ndarray | None = None) -> str:
-    """What makes a video's content unique: file path, size and mtime; a synthetic spec itself; or
-    a hash of in-memory pixels."""
+    """What makes a video's content unique: file path, size and mtime; a generated video's spec
+    itself; or a hash of in-memory pixels."""
     text = str(video)
     if pixels is not None:
         digest = hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
         return f"pixels:{pixels.shape}:{digest}"
-    if text.startswith(SPEC_PREFIX):
+    if source_for(text) is not None:
         return text
     path = Path(text)
     stat = path.stat()
@@ -74,9 +74,10 @@ def _parse_row(raw: bytes, root: Path, seen: dict[str, int]) -> Sample:
     sample = Sample.from_row(row)
     if sample.id in seen:
         raise ValueError(f"field 'id': duplicate id {sample.id!r} (first at line {seen[sample.id]})")
-    if sample.video.startswith(SPEC_PREFIX):
+    source = source_for(sample.video)
+    if source is not None:
         try:
-            check_spec(sample.video)
+            source.check(sample.video)
         except ValueError as e:
             raise ValueError(f"field 'video': {e}") from e
     else:
@@ -120,7 +121,7 @@ def load_jsonl(
     """Read and validate every row of a jsonl file; video paths must lie inside `root`.
 
     `root` defaults to the file's folder. A bad row (invalid JSON, missing or mistyped field, answer
-    not among the options, duplicate id, video escaping the root or missing, malformed synth spec)
+    not among the options, duplicate id, video escaping the root or missing, malformed generated-video spec)
     raises DataError "file:line: reason"; with skip_bad=True it is skipped, returned as a BadRow
     and counted in a warning. Blank lines are ignored.
     """
@@ -132,7 +133,7 @@ def load_jsonl(
 
 
 class VideoDataset(Dataset):
-    """Samples with their frames, decoded (or rendered, for `synth:` specs) on access.
+    """Samples with their frames, decoded (or rendered, for generated-video specs) on access.
 
     Every video is sampled the same way: `num_frames` uniform frames, or `fps` capped at
     `max_frames`, resized to `size=(H, W)` when given; or all four from `video` (a VideoConfig,
@@ -225,8 +226,9 @@ class VideoDataset(Dataset):
         if self._cache is not None and sample.id in self._cache:
             return self._cache[sample.id]
         try:
-            if sample.video.startswith(SPEC_PREFIX):
-                frames = sample_frames(render_spec(sample.video), **self.sampling)
+            source = source_for(sample.video)
+            if source is not None:
+                frames = sample_frames(source.render(sample.video), **self.sampling)
             else:
                 frames = decode(resolve_video(sample.video, self.root), **self.sampling)
         except (VideoError, ValueError) as e:
@@ -238,7 +240,7 @@ class VideoDataset(Dataset):
 
     def video_key(self, sample: Sample) -> str:
         """The content identity of a row's video without decoding it (spec, or file path/size/mtime)."""
-        if sample.video.startswith(SPEC_PREFIX):
+        if source_for(sample.video) is not None:
             return sample.video
         return video_identity(resolve_video(sample.video, self.root))
 
@@ -254,8 +256,8 @@ class VideoDataset(Dataset):
             try:
                 if full:
                     self.load_frames(sample)
-                elif sample.video.startswith(SPEC_PREFIX):
-                    check_spec(sample.video)
+                elif (source := source_for(sample.video)) is not None:
+                    source.check(sample.video)
                 else:
                     probe(resolve_video(sample.video, self.root))
             except (VideoError, ValueError) as e:

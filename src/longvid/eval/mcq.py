@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation: greedy generation, robust letter extraction, accuracy by category."""
+"""Evaluation of `Sample`s: greedy generation graded by `answers.judge`, accuracy by category."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..answers import judge
 from ..data.schema import Sample
-from ..inputs import encode_sample
 from ..model.adapter import VLMAdapter
-from ..model.sampling import SamplingConfig, sample
+from ..model.sampling import SamplingConfig
+from ..respond import respond
 from ..video.decode import Frames
-from .extract import answer_text, extract_choice
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Record:
     id: str
     category: str
     answer: str
-    predicted: str | None
+    predicted: str | float | None
     correct: bool
     response: str
 
@@ -50,29 +50,6 @@ class EvalResult:
         }
 
 
-def predicted_answer(sample: Sample, text: str) -> str | None:
-    """The option letter a response chose (by letter, else by option text), or its free-form answer."""
-    return extract_choice(text, sample.options) if sample.options else answer_text(text).strip()
-
-
-@torch.no_grad()
-def respond(
-    adapter: VLMAdapter,
-    sample_row: Sample,
-    frames: Frames,
-    num_responses: int,
-    config: SamplingConfig,
-    *,
-    encode_chunk: int | None = None,
-    generator: torch.Generator | None = None,
-) -> list[str]:
-    """`num_responses` answers to one question: the video encoded and prefilled once."""
-    enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
-    embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-    out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
-    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
-
-
 @torch.no_grad()
 def evaluate(
     adapter: VLMAdapter,
@@ -84,7 +61,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
 ) -> EvalResult:
-    """Greedy-answer every sample and score the extracted letter against the answer."""
+    """Greedy-answer every sample and grade it (`answers.judge`: letter, number or text)."""
     if not samples:
         raise ValueError("nothing to evaluate: the evaluation set is empty")
     adapter.model.eval()
@@ -92,8 +69,8 @@ def evaluate(
     records = []
     for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
         text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk)[0]
-        predicted = predicted_answer(s, text)
-        records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
+        verdict = judge(text, s.answer, s.options)
+        records.append(Record(s.id, s.category, s.answer, verdict.predicted, verdict.correct, text))
     return score(records, samples)
 
 

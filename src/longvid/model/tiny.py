@@ -1,13 +1,12 @@
 """The embedded default: a tiny Qwen2.5-VL config and a small byte-level BPE tokenizer we ship.
 
 Everything runs with no download. The tokenizer is trained deterministically from a built-in corpus
-(`python -m longvid.model.tiny --write-tokenizer` rebuilds the shipped file); the model starts from
+(`python -m longvid.synth.corpus --write-tokenizer` rebuilds the shipped file); the model starts from
 random weights and is trained by our own commands (`longvid demo`, `longvid sft`).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -69,19 +68,6 @@ def _corpus() -> list[str]:
     lines += [f"({c}) {c}. {c}: {c}) The answer is {c}." for c in letters]
     lines += ["0 1 2 3 4 5 6 7 8 9 10 100 2.5 -3", "? ! , . ; : ' \" ( ) [ ] - _ / \\ * + = < > % # @ & ~ ^ | `"]
     return lines * 4
-
-
-def _synthetic_corpus(per_task: int = 200) -> list[str]:
-    """Questions, options and reasoning of the synthetic tasks, so their words are single tokens."""
-    from ..inputs import question_text, target_text
-    from ..video.synth import ALL_TASKS, make_sample
-
-    lines = []
-    for task in ALL_TASKS:
-        for seed in range(per_task):
-            sample, _ = make_sample(task, seed, 16, 56)
-            lines += [question_text(sample), target_text(sample)]
-    return lines
 
 
 def build_tokenizer(extra_corpus: list[str] | None = None):
@@ -176,17 +162,3 @@ def build_tiny_model(tokenizer=None, *, seed: int = 0, dtype: torch.dtype = torc
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
     return model, tokenizer
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write-tokenizer", action="store_true", help=f"rebuild {TOKENIZER_DIR}")
-    args = parser.parse_args()
-    if args.write_tokenizer:
-        build_tokenizer(_synthetic_corpus()).save_pretrained(str(TOKENIZER_DIR))
-        logging.basicConfig(level=logging.INFO)
-        log.info("wrote %s", TOKENIZER_DIR)
-
-
-if __name__ == "__main__":
-    main()

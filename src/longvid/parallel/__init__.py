@@ -1,6 +1,6 @@
 """Sequence parallelism: one long video across many ranks (mesh, sharding, attention, launch)."""
 
-from longvid.parallel.attention import (
+from .attention import (
     ShardedMask,
     attention,
     hybrid_attention,
@@ -9,9 +9,9 @@ from longvid.parallel.attention import (
     sp_attention,
     ulysses_attention,
 )
-from longvid.parallel.launch import fail_fast, init_distributed, run_distributed, spawn_local
-from longvid.parallel.mesh import Mesh, check_heads, init_mesh
-from longvid.parallel.shard import (
+from .launch import fail_fast, init_distributed, run_distributed, spawn_local
+from .mesh import Mesh, check_heads, init_mesh
+from .shard import (
     all_reduce_grads,
     gather_embeddings,
     shard_positions,

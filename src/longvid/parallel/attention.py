@@ -30,11 +30,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from longvid import masks
-from longvid.errors import ConfigError
-from longvid.masks import MaskFn
-from longvid.parallel.mesh import Mesh, check_heads
-from longvid.parallel.shard import shard_positions
+from .. import masks
+from ..errors import ConfigError
+from ..masks import MaskFn
+from .mesh import Mesh, check_heads
+from .shard import shard_positions
 
 MODES = ("ulysses", "ring", "hybrid")
 TILE = 512  # tokens per side of one score tile in the pure-torch kernel

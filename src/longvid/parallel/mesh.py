@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch.distributed as dist
 
-from longvid.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def init_mesh(sp: int = 1, ulysses: int | None = None, ring: int | None = None) 
     Validates the layout before any process group is created. Without torch.distributed and
     without a multi-process torchrun environment this is `Mesh.single()` (when sp == 1).
     """
-    from longvid.parallel.launch import init_distributed
+    from .launch import init_distributed
 
     if dist.is_available() and dist.is_initialized():
         world_size, rank = dist.get_world_size(), dist.get_rank()

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from longvid.errors import ConfigError
-from longvid.parallel.mesh import Mesh
+from ..errors import ConfigError
+from .mesh import Mesh
 
 LAYOUTS = ("contiguous", "zigzag")
 IGNORE_INDEX = -100

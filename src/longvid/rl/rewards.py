@@ -22,22 +22,13 @@ from typing import Any
 
 import torch
 
-from longvid.data.schema import OPTION_LETTERS
-from longvid.errors import ConfigError, LongvidError
-from longvid.eval.extract import (
-    answer_text,
-    extract_choice,
-    extract_letter,
-    extract_number,
-    normalize_text,
-    parse_response,
-)
+from ..answers import judge, parse_response
+from ..errors import ConfigError, LongvidError
 
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[..., Sequence[float | None]]
 Columns = Mapping[str, Sequence[Any]]
-KINDS = ("choice", "number", "text")
 DEFAULT_WEIGHTS = {"accuracy": 0.9, "format": 0.1}
 
 
@@ -64,55 +55,6 @@ def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
     return [1.0 if parse_response(completion_text(c)).well_formed else 0.0 for c in completions]
 
 
-def _gold_number(answer: str) -> float | None:
-    try:
-        value = float(answer.strip().replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def infer_kind(answer: str, options: Sequence[str] | None = None) -> str:
-    """"choice" with options, "number" when the answer is a plain number, else "text"."""
-    if options:
-        return "choice"
-    return "number" if _gold_number(answer) is not None else "text"
-
-
-def grade(
-    completion: Any,
-    answer: str,
-    kind: str | None = None,
-    options: Sequence[str] | None = None,
-    *,
-    rel_tol: float = 1e-3,
-    abs_tol: float = 1e-6,
-) -> float:
-    """1.0 if the completion's answer matches `answer`, else 0.0.
-
-    The graded text is the `<answer>` content, or the whole completion when it has none (as in
-    Long-RL; the format reward is what punishes a missing tag). A choice answer is a letter;
-    without `options` any letter A-Z is read (no letter set derived from the gold answer, which
-    would let a hedge like "E or F" pass). Numbers match within `rel_tol`/`abs_tol`.
-    """
-    kind = kind or infer_kind(answer, options)
-    text = completion_text(completion)
-    if kind == "choice":
-        gold = answer.strip().upper()
-        pred = extract_choice(text, options) if options else extract_letter(text, OPTION_LETTERS)
-        return float(pred == gold)
-    if kind == "number":
-        gold = _gold_number(answer)
-        if gold is None:
-            raise ValueError(f"answer {answer!r} is graded as a number but is not one")
-        pred = extract_number(text)
-        return float(pred is not None and math.isclose(pred, gold, rel_tol=rel_tol, abs_tol=abs_tol))
-    if kind == "text":
-        pred = normalize_text(answer_text(text))
-        return float(bool(pred) and pred == normalize_text(answer))
-    raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(KINDS)}")
-
-
 def accuracy_reward(
     completions: Sequence[Any],
     answers: Sequence[str],
@@ -121,7 +63,8 @@ def accuracy_reward(
     *,
     rel_tol: float = 1e-3,
 ) -> list[float]:
-    """`grade` for each completion; `kinds`/`options` per completion, inferred/absent when None."""
+    """1.0 where `answers.judge` finds the completion correct, else 0.0; `kinds`/`options` per
+    completion, inferred/absent when None."""
     n = len(completions)
     kinds = kinds if kinds is not None else [None] * n
     options = options if options is not None else [None] * n
@@ -130,7 +73,10 @@ def accuracy_reward(
             f"accuracy_reward got {n} completions, {len(answers)} answers, "
             f"{len(kinds)} kinds, {len(options)} options"
         )
-    return [grade(c, a, k, o, rel_tol=rel_tol) for c, a, k, o in zip(completions, answers, kinds, options)]
+    return [
+        float(judge(completion_text(c), a, o, k, rel_tol=rel_tol).correct)
+        for c, a, k, o in zip(completions, answers, kinds, options)
+    ]
 
 
 def _accuracy_from_columns(

@@ -29,7 +29,7 @@ from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
 from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
-from ..video.synth import SPEC_PREFIX
+from ..video.sources import is_generated
 from .cache import CacheKey, EmbeddingCache
 from .difficulty import filter_groups
 from .grpo import grpo_loss, group_advantages
@@ -146,7 +146,7 @@ class GRPOTrainer(Trainer):
         """The video's content identity, and its frames if finding it meant decoding them."""
         if self.video_key is not None:
             return self.video_key(sample), None
-        if sample.video.startswith(SPEC_PREFIX):
+        if is_generated(sample.video):
             return sample.video, None
         frames = self.load_frames(sample)
         return video_identity(sample.video, frames.pixels), frames

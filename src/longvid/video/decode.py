@@ -14,7 +14,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from longvid.errors import VideoError
+from ..errors import VideoError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Answer parsing shared by evaluation and rewards.
+"""The one definition of a correct answer: parsing, extraction and grading of model responses.
+
+Evaluation, the GRPO accuracy reward and the difficulty filter all grade through `judge`, so a
+response that scores in one scores in the others. Benchmarks whose official scorer differs keep
+that scorer beside ours (`eval/benchmarks/`).
 
 Everything here takes untrusted model output, so every function is bounded and total:
 
@@ -319,3 +323,66 @@ def extract_number(text: str) -> float | None:
     if (value := _single(values)) is not None:
         return value
     return _single([_to_float(m.group(1)) for m in _ANSWER_NUMBER.finditer(text)])
+
+
+# --- grading -----------------------------------------------------------------------------------
+
+KINDS = ("choice", "number", "text")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a response answered (a letter, a number, normalized text; None if nothing usable)."""
+
+    predicted: str | float | None
+    correct: bool
+
+
+def gold_number(answer: str) -> float | None:
+    """The answer as a finite number ("1,000" reads 1000), or None when it is not a plain number."""
+    try:
+        value = float(answer.strip().replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def infer_kind(answer: str, options: Sequence[str] | None = None) -> str:
+    """"choice" with options, "number" when the answer is a plain number, else "text"."""
+    if options:
+        return "choice"
+    return "number" if gold_number(answer) is not None else "text"
+
+
+def judge(
+    text: str,
+    answer: str,
+    options: Sequence[str] | None = None,
+    kind: str | None = None,
+    *,
+    rel_tol: float = 1e-3,
+    abs_tol: float = 1e-6,
+) -> Verdict:
+    """Grade a response against the gold `answer`.
+
+    The graded text is the `<answer>` content, or the whole response when it has none (as in
+    Long-RL; the format reward is what punishes a missing tag). A choice answer is a letter, read
+    by `extract_choice` (letter, else option text); without `options` any letter A-Z is read (no
+    letter set derived from the gold answer, which would let a hedge like "E or F" pass). Numbers
+    match within `rel_tol`/`abs_tol`; text matches after `normalize_text`.
+    """
+    kind = kind or infer_kind(answer, options)
+    if kind == "choice":
+        predicted = extract_choice(text, options) if options else extract_letter(text, LETTERS)
+        return Verdict(predicted, predicted == answer.strip().upper())
+    if kind == "number":
+        gold = gold_number(answer)
+        if gold is None:
+            raise ValueError(f"answer {answer!r} is graded as a number but is not one")
+        value = extract_number(text)
+        return Verdict(value, value is not None and math.isclose(value, gold, rel_tol=rel_tol, abs_tol=abs_tol))
+    if kind == "text":
+        normalized = normalize_text(answer_text(text))
+        return Verdict(normalized or None, bool(normalized) and normalized == normalize_text(answer))
+    raise ValueError(f"unknown answer kind {kind!r}; expected one of {', '.join(KINDS)}")

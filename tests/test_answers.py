@@ -1,15 +1,18 @@
-"""Answer parsing: formats, letters, option text, numbers, and adversarial input."""
+"""Answer parsing and grading: formats, letters, option text, numbers, and adversarial input."""
 
 import time
 
 import pytest
 
-from longvid.eval.extract import (
+from longvid.answers import (
     MAX_RESPONSE_CHARS,
     Parsed,
+    Verdict,
     extract_choice,
     extract_letter,
     extract_number,
+    infer_kind,
+    judge,
     normalize_text,
     parse_response,
 )
@@ -282,3 +285,55 @@ def test_adversarial_results_are_sane():
     assert extract_letter(ADVERSARIAL["open_parens"]) is None
     assert not parse_response(ADVERSARIAL["think_1mb"]).well_formed
     assert extract_number(ADVERSARIAL["digits"]) is None  # 2,000-digit numbers overflow: no answer
+
+
+GOOD_B = "<think>the flag is blue and white</think>\n<answer>B</answer>"
+GOOD_C = "<think>hmm</think><answer>C</answer>"
+BARE_B = "The answer is B"
+
+
+# --- grading -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completion, answer, kind, options, expected",
+    [
+        (GOOD_B, "B", "choice", None, 1.0),
+        (GOOD_C, "B", "choice", None, 0.0),
+        (BARE_B, "B", "choice", None, 1.0),  # no tags: the whole text is graded (format pays for it)
+        ("<answer>Argentina</answer>", "B", "choice", ["Brazil", "Argentina"], 1.0),  # option text
+        ("<answer>E or F</answer>", "E", "choice", None, 0.0),  # a hedge is not an answer
+        ("<answer>42</answer>", "42", "number", None, 1.0),
+        ("<answer>42.03</answer>", "42", "number", None, 1.0),  # within 0.1 %
+        ("<answer>43</answer>", "42", "number", None, 0.0),
+        ("<answer>about 1,000 frames</answer>", "1000", "number", None, 1.0),
+        ("<answer>no idea</answer>", "42", "number", None, 0.0),
+        ("<answer>The Eiffel Tower!</answer>", "eiffel tower", "text", None, 1.0),
+        ("<answer>Eiffel</answer>", "eiffel tower", "text", None, 0.0),
+        ("<answer></answer>", "the", "text", None, 0.0),  # empty after normalising never matches
+    ],
+)
+def test_judge(completion, answer, kind, options, expected):
+    assert judge(completion, answer, options, kind).correct == bool(expected)
+
+
+def test_infer_kind():
+    assert infer_kind("B", ["x", "y"]) == "choice"
+    assert infer_kind("12.5") == "number"
+    assert infer_kind("1,000") == "number"
+    assert infer_kind("a dog") == "text"
+    assert infer_kind("inf") == "text"
+
+
+def test_judge_errors():
+    with pytest.raises(ValueError, match="not one"):
+        judge("<answer>3</answer>", "three", kind="number")
+    with pytest.raises(ValueError, match="kind"):
+        judge("<answer>3</answer>", "3", kind="regex")
+
+
+def test_judge_reports_what_was_read():
+    assert judge("<answer>Argentina</answer>", "B", ["Brazil", "Argentina"]) == Verdict("B", True)
+    assert judge("<answer>about 1,000</answer>", "1000") == Verdict(1000.0, True)
+    assert judge("<answer>The Eiffel Tower!</answer>", "eiffel tower") == Verdict("eiffel tower", True)
+    assert judge("<answer></answer>", "x") == Verdict(None, False)
