@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LongvidError
+from .errors import DataError, LongvidError
 
 log = logging.getLogger("longvid")
 
@@ -95,7 +95,31 @@ def _checked_data_and_model(args: argparse.Namespace):
     return data, load_adapter(ModelConfig(path=args.model))
 
 
+def _eval_benchmark(args: argparse.Namespace) -> int:
+    """`eval --benchmark NAME`: a benchmark file as downloaded, scored officially and by us."""
+    from .config import ModelConfig
+    from .eval.benchmarks import BENCHMARKS, load_checked, run_benchmark, write_report
+    from .model import load_adapter
+
+    if args.videos is None:
+        raise DataError(f"--benchmark {args.benchmark} needs --videos DIR (the folder holding its videos)")
+    if args.frames_scaling:
+        raise DataError("--frames-scaling is not supported with --benchmark")
+    bench = BENCHMARKS[args.benchmark]
+    data, videos = Path(args.data), Path(args.videos)
+    loaded = load_checked(bench, data, videos, skip_bad=args.skip_bad)  # bad rows fail before the model loads
+    adapter = load_adapter(ModelConfig(path=args.model))
+    result = run_benchmark(bench, adapter, loaded, videos, num_frames=args.frames, size=args.size,
+                           max_new_tokens=args.max_new_tokens, limit=args.limit, skip_bad=args.skip_bad)
+    path = write_report(bench, result, Path(args.out))
+    print(f"{bench.title}: official {100 * result.official['overall']:.1f}%, ours {100 * result.ours.accuracy:.1f}% "
+          f"on {len(result.ours.records)} rows; {len(result.bad)} bad rows skipped; {path.with_suffix('.md')}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.benchmark:
+        return _eval_benchmark(args)
     from .config import VideoConfig
     from .data.dataset import VideoDataset
     from .eval.mcq import frames_scaling, evaluate, write_result
@@ -175,6 +199,10 @@ def _parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring", type=int, help="ring part of --sp; the rest is Ulysses")
 
 
+# Listed here so `--help` needs no import of the evaluation code; tests check it matches.
+BENCHMARK_NAMES = ("videomme", "mlvu", "longvideobench", "vnbench", "longvideo_reason")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longvid", description="Teach vision-language models to reason about long videos.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
@@ -198,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="multiple-choice evaluation (accuracy overall and per category)")
-    p.add_argument("--data", required=True, help="jsonl dataset")
+    p.add_argument("--data", required=True, help="jsonl dataset, or with --benchmark its file (or folder) as downloaded")
+    p.add_argument("--benchmark", choices=BENCHMARK_NAMES, help="read --data as this benchmark's own format and "
+                   "report its official score beside ours")
+    p.add_argument("--videos", help="with --benchmark: the folder holding its videos (mp4, webm, mkv)")
     p.add_argument("--model", help="checkpoint folder (default: the untrained tiny model)")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--frames", type=int, default=32)
