@@ -67,7 +67,7 @@ class GRPOConfig(Validated):
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     beta: float = 0.0
-    kl_ratio_correction: bool = False
+    kl_ratio_correction: bool = True  # k3 * ratio, TRL 1.16's default (use_bias_correction_kl)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     log_ratio_clamp: float | None = None
