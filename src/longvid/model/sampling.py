@@ -74,11 +74,15 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     pad_id: int | None = None,
+    deepstack: list[torch.Tensor] | None = None,
 ) -> Samples:
-    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions)."""
+    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions;
+    `deepstack`: the prefix video's `VisualEmbeds.deepstack`)."""
     stop = torch.tensor(adapter.eos_token_ids, device=prefix_embeds.device)
     pad = int(pad_id if pad_id is not None else stop[0])
-    hidden, cache = adapter.hidden_states(prefix_embeds[None], prefix_positions.unsqueeze(-2), use_cache=True)
+    hidden, cache = adapter.hidden_states(
+        prefix_embeds[None], prefix_positions.unsqueeze(-2), use_cache=True, deepstack=deepstack
+    )
     logits = adapter.logits(hidden[:, -1]).float().expand(num_samples, -1)
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)

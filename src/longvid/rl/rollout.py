@@ -35,6 +35,6 @@ def rollout_group(
     generator: torch.Generator | None = None,
 ) -> Group:
     embeds, positions = adapter.prefix_inputs(encoded.prompt, encoded.visual)
-    out = sample(adapter, embeds, positions, group_size, config, generator=generator)
+    out = sample(adapter, embeds, positions, group_size, config, generator=generator, deepstack=encoded.visual.deepstack)
     texts = [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
     return Group(encoded, out, texts)
