@@ -29,5 +29,5 @@ def respond(
     """`num_responses` decoded answers to one question."""
     enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
     embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-    out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
+    out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=enc.visual.deepstack)
     return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]

@@ -78,10 +78,14 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     pad_id: int | None = None,
+    deepstack: list[torch.Tensor] | None = None,
 ) -> Samples:
-    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions)."""
+    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions;
+    `deepstack`: the prefix video's `VisualEmbeds.deepstack`)."""
     generators = None if generator is None else [generator]
-    return sample_batch(adapter, [(prefix_embeds, prefix_positions)], num_samples, config, generators=generators, pad_id=pad_id)[0]
+    return sample_batch(
+        adapter, [(prefix_embeds, prefix_positions)], num_samples, config, generators=generators, pad_id=pad_id, deepstacks=[deepstack]
+    )[0]
 
 
 @torch.no_grad()
@@ -93,6 +97,7 @@ def sample_batch(
     *,
     generators: Sequence[torch.Generator | None] | None = None,
     pad_id: int | None = None,
+    deepstacks: Sequence[list[torch.Tensor] | None] | None = None,
 ) -> list[Samples]:
     """Decode `num_samples` continuations of each of B prefixes in one decoding loop of B*G rows.
 
@@ -118,7 +123,7 @@ def sample_batch(
     stop = torch.tensor(adapter.eos_token_ids, device=device)
     pad = int(pad_id if pad_id is not None else stop[0])
     g, rows = num_samples, batch * num_samples
-    logits, cache, key_mask = _prefill(adapter, prefixes, g)
+    logits, cache, key_mask = _prefill(adapter, prefixes, g, deepstacks or [None] * batch)
     steps = torch.stack([adapter.continuation_positions(p, config.max_new_tokens) for _, p in prefixes], dim=-2)
     steps = steps.repeat_interleave(g, dim=-2)  # [..., B*G, max_new_tokens]
 
@@ -167,13 +172,16 @@ def sample_batch(
 
 
 def _prefill(
-    adapter: VLMAdapter, prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]], repeats: int
+    adapter: VLMAdapter,
+    prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    repeats: int,
+    deepstacks: Sequence[list[torch.Tensor] | None],
 ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
     """Last-position logits `[B*G, V]`, the KV cache with each prefix's rows repeated G times, and the
     key mask `[B*G, S_max]` (None when every prefix has the same length, so nothing is padded)."""
     caches, logits = [], []
-    for embeds, positions in prefixes:
-        hidden, cache = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), use_cache=True)
+    for (embeds, positions), deepstack in zip(prefixes, deepstacks, strict=True):
+        hidden, cache = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), use_cache=True, deepstack=deepstack)
         logits.append(adapter.logits(hidden[:, -1]).float())
         caches.append(cache)
     logits = torch.cat(logits).repeat_interleave(repeats, dim=0)

@@ -37,7 +37,9 @@ def rollout_groups(
 ) -> list[Group]:
     """A group per prompt, all B x G sequences in one decoding loop; prompt b draws from `generators[b]`."""
     prefixes = [adapter.prefix_inputs(e.prompt, e.visual) for e in encoded]
-    outs = sample_batch(adapter, prefixes, group_size, config, generators=generators)
+    outs = sample_batch(
+        adapter, prefixes, group_size, config, generators=generators, deepstacks=[e.visual.deepstack for e in encoded]
+    )
     return [Group(e, out, [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)])
             for e, out in zip(encoded, outs)]
 

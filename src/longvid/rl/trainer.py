@@ -180,7 +180,7 @@ class GRPOTrainer(Trainer):
 
     def _packed(self, adapter: VLMAdapter, group: Group, visual: VisualEmbeds) -> Packed:
         embeds, positions = adapter.prefix_inputs(group.encoded.prompt, visual)
-        return pack(adapter, embeds, positions, group.responses)
+        return pack(adapter, embeds, positions, group.responses, deepstack=visual.deepstack)
 
     def _policy_inputs(self, group: Group, video: VideoInputs | None) -> Packed:
         """The packed group; with a trainable vision tower the video is re-encoded with gradients."""

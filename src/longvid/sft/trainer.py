@@ -99,7 +99,7 @@ class SFTTrainer(Trainer):
             visual = self.sp.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=cfg.video.encode_chunk)
             prompt = adapter.build_prompt(question_text(sample), visual)
             embeds, positions, labels = with_response(adapter, prompt, visual, target)
-            hidden = self.sp.hidden_states(embeds, positions)
+            hidden = self.sp.hidden_states(embeds, positions, deepstack=visual.deepstack)
             labels = self.sp.shard(labels, pad_value=-100)
             keep = labels >= 0
             logits = adapter.logits(hidden[keep]).float()
