@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.schema import Sample
+from ..errors import VideoError
 from ..inputs import encode_sample
 from ..model.adapter import VLMAdapter
 from ..model.sampling import SamplingConfig, sample
@@ -39,6 +40,7 @@ class EvalResult:
     chance: float
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     num_frames: int | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable videos skipped with skip_bad, file:line: why
 
     def summary(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class EvalResult:
             "num_samples": len(self.records),
             "num_frames": self.num_frames,
             "per_category": self.per_category,
+            "skipped": self.skipped,
         }
 
 
@@ -83,18 +86,32 @@ def evaluate(
     encode_chunk: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    skip_bad: bool = False,
 ) -> EvalResult:
-    """Greedy-answer every sample and score the extracted letter against the answer."""
+    """Greedy-answer every sample and score the extracted letter against the answer. With
+    skip_bad, a video that fails to load is skipped and listed in `skipped`; the rest is scored."""
     if not samples:
         raise ValueError("nothing to evaluate: the evaluation set is empty")
     adapter.model.eval()
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
-    records = []
+    records, skipped = [], []
     for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
-        text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk)[0]
+        try:
+            frames = load_frames(s)
+        except VideoError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping an unreadable video: %s", e)
+            skipped.append(str(e))
+            continue
+        text = respond(adapter, s, frames, 1, config, encode_chunk=encode_chunk)[0]
         predicted = predicted_answer(s, text)
         records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
-    return score(records, samples)
+    if not records:
+        raise VideoError(f"no video could be loaded ({len(skipped)} skipped); first: {skipped[0]}")
+    result = score(records, samples)
+    result.skipped = skipped
+    return result
 
 
 def score(records: list[Record], samples: list[Sample]) -> EvalResult:
