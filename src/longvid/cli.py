@@ -104,7 +104,7 @@ def _run_trainer(make_trainer, config, args: argparse.Namespace, new_tokens):
     from .preflight import check_lora_targets, check_rows_fit
     from .runs import run_folder
 
-    with run_folder(config, resume=args.resume, overwrite=args.overwrite):
+    with run_folder(config, resume=args.resume, overwrite=args.overwrite, argv=args.argv):
         mesh = _mesh(config)
         dataset = _training_set(config, mesh.rank == 0)
         adapter = load_adapter(config.model)
@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     75 stopped by SIGTERM/SIGINT after saving a checkpoint (resume with --resume)."""
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the run folder
     except SystemExit as e:  # argparse printed "longvid ...: error: argument --x: ..."
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
