@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +12,9 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .adapter import Prompt, VideoInputs, VisualEmbeds, VLMAdapter
+from .folder import adapter_base, check_model_folder, read_model_meta, resolve_model_path
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -40,7 +45,9 @@ def load_adapter(config: ModelConfig) -> VLMAdapter:
 
         model, tokenizer = build_tiny_model(seed=config.seed, dtype=dtype)
         return Qwen25VLAdapter(model, tokenizer)
-    path = Path(config.path)
+    path = resolve_model_path(config.path)
+    if check_model_folder(path) == "adapter":
+        return _load_lora_checkpoint(path, config)
     try:
         model_type = json.loads((path / "config.json").read_text())["model_type"]
     except (OSError, ValueError, KeyError) as e:
@@ -52,6 +59,28 @@ def load_adapter(config: ModelConfig) -> VLMAdapter:
     return family.from_pretrained(
         path, dtype=dtype, attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code
     )
+
+
+def _load_lora_checkpoint(path: Path, config: ModelConfig) -> VLMAdapter:
+    """An adapter-only folder: its base (named by longvid.json, else by adapter_config.json when
+    that is a local folder) with the adapter merged in."""
+    from peft import PeftModel
+
+    meta = read_model_meta(path) or {}
+    base = meta.get("base_model")
+    if base is None:
+        named = adapter_base(path)
+        if not named or not (Path(named) / "config.json").is_file():
+            raise ConfigError(
+                f"{path} holds only a LoRA adapter, and its base model ({named!r} in adapter_config.json) is not a "
+                "local model folder; merge the adapter into its base, or train with longvid, which records the base"
+            )
+        base = {"path": named}
+    base_config = dataclasses.replace(config, path=base.get("path"), seed=int(base.get("seed", config.seed)))
+    log.info("%s is a LoRA adapter: loading its base %s and merging it", path, base_config.path or "(tiny default)")
+    adapter = load_adapter(base_config)
+    adapter.model = PeftModel.from_pretrained(adapter.model, str(path)).merge_and_unload()
+    return adapter
 
 
 __all__ = ["Prompt", "VideoInputs", "VisualEmbeds", "VLMAdapter", "family_adapter", "load_adapter"]
