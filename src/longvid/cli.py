@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LongvidError
+from .errors import ConfigError, LongvidError
 
 log = logging.getLogger("longvid")
 
@@ -169,6 +169,45 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeLimits, build_app, serve
+
+    try:
+        limits = ServeLimits(
+            num_frames=args.frames, size=args.size or None, max_frames=args.max_frames, max_n=args.max_n,
+            max_new_tokens=args.max_new_tokens, default_max_tokens=args.default_max_tokens,
+            max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
+            max_concurrency=args.concurrency, max_queue=args.queue,
+        )
+        app = build_app(args.model, args.video_root, limits, model_name=args.name)
+    except ValueError as e:
+        raise ConfigError(f"serve: {e}") from None
+    print(f"serving {args.name or args.model or 'longvid-tiny'} on http://{args.host}:{args.port}/v1 "
+          f"(videos under {Path(args.video_root).resolve()})")
+    serve(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible HTTP API (/v1/chat/completions)")
+    p.add_argument("--model", help="checkpoint folder (default: the untrained tiny model)")
+    p.add_argument("--name", help="model id clients send (default: the folder name, or longvid-tiny)")
+    p.add_argument("--video-root", required=True, help="only videos inside this folder are served")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video unless a request sets num_frames")
+    p.add_argument("--size", type=int, default=224, help="square frame side in pixels (0 keeps the decoded size)")
+    p.add_argument("--max-frames", type=int, default=512, help="larger num_frames requests get 413")
+    p.add_argument("--max-n", type=int, default=64, help="larger n gets 413")
+    p.add_argument("--max-new-tokens", type=int, default=4096, help="larger max_tokens gets 413")
+    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request does not say")
+    p.add_argument("--max-prompt-tokens", type=int, default=32768, help="longer prompts (video included) get 413")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--concurrency", type=int, default=1, help="requests generating at once")
+    p.add_argument("--queue", type=int, default=8, help="requests waiting for a slot; beyond them 429")
+    p.set_defaults(func=cmd_serve)
+
+
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sp", type=int, help="sequence-parallel ranks per sample (under torchrun)")
     p.add_argument("--ulysses", type=int, help="Ulysses (all-to-all) part of --sp; the rest is ring")
@@ -219,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     _parallel_flags(p)
     p.set_defaults(func=cmd_grpo)
+
+    _serve_parser(sub)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write synthetic long-video reasoning samples (mp4 + jsonl)")
