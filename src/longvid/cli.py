@@ -208,6 +208,99 @@ def _serve_parser(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/N (e.g. 0/4), got {text!r}") from None
+    return index, count
+
+
+def _served_model(url: str, given: str | None, flag: str, api_key: str) -> str:
+    """The model name to request: the flag, or the one model the server lists."""
+    if given:
+        return given
+    import openai
+
+    try:
+        names = [m.id for m in openai.OpenAI(base_url=url, api_key=api_key, max_retries=2).models.list()]
+    except openai.OpenAIError as e:
+        raise ConfigError(f"{flag}: not given, and {url}/models could not be listed ({e})") from None
+    if len(names) != 1:
+        raise ConfigError(f"{flag}: {url} serves {len(names)} models ({', '.join(names)}); name one")
+    return names[0]
+
+
+def cmd_data_reason(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .data.reason.client import ChatClient, InProcessClient, RetryPolicy
+    from .data.reason.runner import ReasonConfig, run_reason
+    from .data.reason.units import Budget
+
+    budget = Budget(caption_tokens=args.caption_tokens, llm_tokens=args.llm_tokens,
+                    llm_temperature=args.llm_temperature, per_category=args.per_category)
+    config = ReasonConfig(
+        videos=args.videos, out=args.out, dataset=args.dataset, clip_seconds=args.clip_seconds, cut=args.cut,
+        categories=tuple(args.categories.split(",")), refine=not args.no_refine, budget=budget,
+        concurrency=args.concurrency, shard=args.shard, resume=args.resume, progress=not args.no_progress,
+    )
+    policy = RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout)
+    api_key = os.environ.get("LONGVID_API_KEY", "unused")
+    llm = ChatClient(args.llm_url, _served_model(args.llm_url, args.llm_model, "--llm-model", api_key), policy, api_key)
+    if args.caption_url == "local":
+        from .config import ModelConfig
+        from .model import load_adapter
+        from .serve import Engine
+
+        captioner = InProcessClient(Engine(load_adapter(ModelConfig(path=args.caption_model))),
+                                    num_frames=args.caption_frames, size=args.caption_size or None)
+    else:
+        name = _served_model(args.caption_url, args.caption_model, "--caption-model", api_key)
+        captioner = ChatClient(args.caption_url, name, policy, api_key)
+    summary = asyncio.run(run_reason(config, captioner, llm))
+    print(config.summary_path.read_text())
+    print(f"wrote {config.dataset}; journal {config.journal_path}")
+    if summary.num_failed:
+        print(f"longvid: {summary.num_failed} requests failed; rerun with --resume to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reason_parser(data) -> None:
+    from .data.reason.stages import CATEGORIES
+
+    p = data.add_parser("reason", help="long videos → clips → captions → reasoning questions (resumable)")
+    p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--out", required=True, help="work folder: clips, journal, summary")
+    p.add_argument("--dataset", help="output jsonl, in --videos or above it (default: <videos>/reason.jsonl)")
+    p.add_argument("--caption-url", required=True,
+                   help="OpenAI-compatible base URL of the captioning VLM (e.g. http://127.0.0.1:8000/v1), or 'local'")
+    p.add_argument("--caption-model", help="model name on the caption server (default: the one it lists); "
+                   "with --caption-url local, a checkpoint folder (default: the tiny model)")
+    p.add_argument("--caption-frames", type=int, default=16, help="frames per clip with --caption-url local")
+    p.add_argument("--caption-size", type=int, default=224, help="frame side with --caption-url local")
+    p.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL of the reasoning LLM")
+    p.add_argument("--llm-model", help="model name on the LLM server (default: the one it lists)")
+    p.add_argument("--clip-seconds", type=float, default=10.0)
+    p.add_argument("--cut", default="auto", choices=["auto", "copy", "reencode"],
+                   help="copy packets (keyframe-snapped), re-encode (frame-exact), or auto (copy unless keyframes are too sparse)")
+    p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated generators")
+    p.add_argument("--per-category", type=int, default=1, help="questions asked per category and video")
+    p.add_argument("--no-refine", action="store_true", help="keep the generated reasoning as written")
+    p.add_argument("--caption-tokens", type=int, default=256)
+    p.add_argument("--llm-tokens", type=int, default=4096)
+    p.add_argument("--llm-temperature", type=float, default=0.6)
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p.add_argument("--retries", type=int, default=4, help="retries of a request on 429/5xx/timeouts")
+    p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubling)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: this machine's share of the videos")
+    p.add_argument("--resume", action="store_true", help="continue the run journaled in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_reason)
+
+
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sp", type=int, help="sequence-parallel ranks per sample (under torchrun)")
     p.add_argument("--ulysses", type=int, help="Ulysses (all-to-all) part of --sp; the rest is ring")
@@ -282,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
     p.set_defaults(func=cmd_data_filter)
+    _reason_parser(data)
     return parser
 
 
