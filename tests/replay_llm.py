@@ -97,6 +97,7 @@ class Faults:
     slow: tuple[str, ...] = ()
     slow_seconds: float = 2.0
     fail_after: int | None = None
+    delay: float = 0.0  # seconds before every reply (a slow server, to kill a run midway)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class ReplayServer:
                 return self._error(429, "injected rate limit", {"Retry-After": "0"})
             if first and task in self.faults.slow:
                 await asyncio.sleep(self.faults.slow_seconds)
+            await asyncio.sleep(self.faults.delay)
             text = caption(body) if task == "caption" else refined(body) if task == "refine" else RECORDED[task]
             with self._lock:
                 self.served += 1

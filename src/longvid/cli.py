@@ -234,7 +234,7 @@ def _served_model(url: str, given: str | None, flag: str, api_key: str) -> str:
 def cmd_data_reason(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .data.reason.client import ChatClient, InProcessClient, RetryPolicy
+    from .data.reason.client import ChatClient, RetryPolicy
     from .data.reason.runner import ReasonConfig, run_reason
     from .data.reason.units import Budget
 
@@ -247,24 +247,50 @@ def cmd_data_reason(args: argparse.Namespace) -> int:
     )
     policy = RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout)
     api_key = os.environ.get("LONGVID_API_KEY", "unused")
-    llm = ChatClient(args.llm_url, _served_model(args.llm_url, args.llm_model, "--llm-model", api_key), policy, api_key)
+    llm_model = _served_model(args.llm_url, args.llm_model, "--llm-model", api_key)
+    if args.engine == "ray":
+        summary = _reason_on_ray(args, config, policy, api_key, llm_model)
+    else:
+        summary = asyncio.run(run_reason(config, _captioner(args, policy, api_key), ChatClient(args.llm_url, llm_model, policy, api_key)))
+    print(config.summary_path.read_text())
+    print(f"wrote {config.dataset}")
+    if summary.num_failed:
+        print(f"longvid: {summary.num_failed} requests failed; rerun with --resume to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _captioner(args: argparse.Namespace, policy, api_key: str):
+    from .data.reason.client import ChatClient, InProcessClient
+
     if args.caption_url == "local":
         from .config import ModelConfig
         from .model import load_adapter
         from .serve import Engine
 
-        captioner = InProcessClient(Engine(load_adapter(ModelConfig(path=args.caption_model))),
-                                    num_frames=args.caption_frames, size=args.caption_size or None)
-    else:
-        name = _served_model(args.caption_url, args.caption_model, "--caption-model", api_key)
-        captioner = ChatClient(args.caption_url, name, policy, api_key)
-    summary = asyncio.run(run_reason(config, captioner, llm))
-    print(config.summary_path.read_text())
-    print(f"wrote {config.dataset}; journal {config.journal_path}")
-    if summary.num_failed:
-        print(f"longvid: {summary.num_failed} requests failed; rerun with --resume to retry them", file=sys.stderr)
-        return 1
-    return 0
+        return InProcessClient(Engine(load_adapter(ModelConfig(path=args.caption_model))),
+                               num_frames=args.caption_frames, size=args.caption_size or None)
+    name = _served_model(args.caption_url, args.caption_model, "--caption-model", api_key)
+    return ChatClient(args.caption_url, name, policy, api_key)
+
+
+def _reason_on_ray(args: argparse.Namespace, config, policy, api_key: str, llm_model: str):
+    from .data.reason.ray_runner import ServerSpec, run_ray
+
+    if args.caption_url == "local":
+        raise ConfigError("--engine ray: --caption-url must be a server (each Ray actor connects to it), not 'local'")
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray Data: pip install 'longvid[ray]'") from None
+    ray.init(address=args.ray_address, include_dashboard=False, configure_logging=False)
+    try:
+        caption = ServerSpec(args.caption_url, _served_model(args.caption_url, args.caption_model, "--caption-model", api_key),
+                             policy, api_key)
+        return run_ray(config, caption, ServerSpec(args.llm_url, llm_model, policy, api_key),
+                       workers=args.ray_workers, num_cpus=args.ray_num_cpus)
+    finally:
+        ray.shutdown()
 
 
 def _reason_parser(data) -> None:
@@ -298,6 +324,12 @@ def _reason_parser(data) -> None:
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: this machine's share of the videos")
     p.add_argument("--resume", action="store_true", help="continue the run journaled in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", default="asyncio", choices=["asyncio", "ray"], help="ray: spread videos over a Ray "
+                   "cluster (pip install 'longvid[ray]')")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--ray-workers", type=int, default=4, help="Ray actors, each running its videos' requests")
+    p.add_argument("--ray-num-cpus", type=float, default=0.25,
+                   help="logical CPUs per actor (fractional: HTTP actors must not starve Ray's own tasks)")
     p.set_defaults(func=cmd_data_reason)
 
 

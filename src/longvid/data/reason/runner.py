@@ -49,6 +49,7 @@ class ReasonConfig:
     shard: tuple[int, int] = (0, 1)
     resume: bool = False
     progress: bool = True
+    journal: Path | None = None  # default: <out>/journal[.shard-i-of-N].jsonl
 
     def __post_init__(self) -> None:
         self.videos, self.out = Path(self.videos), Path(self.out)
@@ -82,7 +83,7 @@ class ReasonConfig:
 
     @property
     def journal_path(self) -> Path:
-        return self.out / f"journal{self.suffix}.jsonl"
+        return Path(self.journal) if self.journal is not None else self.out / f"journal{self.suffix}.jsonl"
 
     @property
     def summary_path(self) -> Path:
@@ -111,11 +112,18 @@ class ReasonRun:
         self.summary = Summary()
 
     async def run(self) -> Summary:
+        """This shard's videos through every stage; writes the dataset and the summary."""
         cfg = self.config
         if cfg.journal_path.exists() and not cfg.resume:
             raise ConfigError(f"{cfg.journal_path} exists: pass --resume to continue that run, or choose another --out")
         videos = discover(cfg.videos, cfg.shard)
         log.info("shard %d/%d: %d videos", *cfg.shard, len(videos))
+        self._write(await self.collect(videos))
+        return self.summary
+
+    async def collect(self, videos: list[dict]) -> list[dict]:
+        """`videos` through every stage (resuming from the journal); the dataset rows, in order."""
+        cfg = self.config
         self.slots = asyncio.Semaphore(cfg.concurrency)
         with Journal(cfg.journal_path) as self.journal:
             await self._segment(videos)
@@ -126,9 +134,7 @@ class ReasonRun:
             checked = self._check(segmented)
             if cfg.refine:
                 await self._refine(checked)
-            rows = self._finalize(segmented, checked)
-        self._write(rows)
-        return self.summary
+            return self._finalize(segmented, checked)
 
     # -- stages ----------------------------------------------------------------------------------
 
@@ -268,17 +274,21 @@ class ReasonRun:
                 self.summary.reject(name, entry["code"], category)
 
     def _write(self, rows: list[dict]) -> None:
-        cfg = self.config
-        tmp = cfg.dataset.with_name(f".{cfg.dataset.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, cfg.dataset)
-        title = f"# Reasoning data: {cfg.videos} (shard {cfg.shard[0]}/{cfg.shard[1]})"
-        failures = "\n".join(f"- {f}" for f in self.summary.failures[:20])
-        text = f"{title}\n\n{self.summary.markdown()}\n"
-        if failures:
-            text += f"\n{self.summary.num_failed} failed (rerun with --resume to retry):\n{failures}\n"
-        cfg.summary_path.parent.mkdir(parents=True, exist_ok=True)
-        cfg.summary_path.write_text(text)
+        write_outputs(self.config, rows, self.summary)
+
+
+def write_outputs(cfg: ReasonConfig, rows: list[dict], summary: Summary) -> None:
+    """The dataset jsonl (atomically) and the markdown summary."""
+    tmp = cfg.dataset.with_name(f".{cfg.dataset.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, cfg.dataset)
+    title = f"# Reasoning data: {cfg.videos} (shard {cfg.shard[0]}/{cfg.shard[1]})"
+    failures = "\n".join(f"- {f}" for f in summary.failures[:20])
+    text = f"{title}\n\n{summary.markdown()}\n"
+    if failures:
+        text += f"\n{summary.num_failed} failed (rerun with --resume to retry):\n{failures}\n"
+    cfg.summary_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.summary_path.write_text(text)
 
 
 def _category(stage: str, part: str) -> str:

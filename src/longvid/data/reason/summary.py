@@ -24,6 +24,24 @@ class Summary:
         self.failed[stage, category] += 1
         self.failures.append(f"{stage}: {message}")
 
+    def to_json(self) -> dict:
+        return {
+            "kept": [[s, c, n] for (s, c), n in self.kept.items()],
+            "rejected": [[s, c, code, n] for (s, c), codes in self.rejected.items() for code, n in codes.items()],
+            "failed": [[s, c, n] for (s, c), n in self.failed.items()],
+            "failures": self.failures,
+        }
+
+    def merge(self, data: dict) -> None:
+        """Add the counts of another summary's `to_json()` (e.g. from a Ray worker)."""
+        for s, c, n in data["kept"]:
+            self.kept[s, c] += n
+        for s, c, code, n in data["rejected"]:
+            self.rejected[s, c][code] += n
+        for s, c, n in data["failed"]:
+            self.failed[s, c] += n
+        self.failures += data["failures"]
+
     @property
     def num_failed(self) -> int:
         return sum(self.failed.values())
