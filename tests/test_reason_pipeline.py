@@ -167,10 +167,9 @@ def test_bad_settings_are_named(videos, tmp_path):
 def test_end_to_end_with_captions_from_longvid_serve(videos, tmp_path):
     """Captions from the tiny model behind `longvid serve` (garbage text, real HTTP and video path),
     questions from the replay server; the output feeds the difficulty filter."""
+    from longvid.cli import main
     from longvid.config import ModelConfig
-    from longvid.data.reason.filter import answer_many, write_splits
     from longvid.model import load_adapter
-    from longvid.model.sampling import SamplingConfig
     from longvid.serve import Engine, ServeLimits, create_app
 
     engine = Engine(load_adapter(ModelConfig()))
@@ -190,7 +189,30 @@ def test_end_to_end_with_captions_from_longvid_serve(videos, tmp_path):
     assert kept and all(isinstance(e["value"], str) and e["value"].strip() for e in kept)
     dataset = VideoDataset.from_jsonl(cfg.dataset, num_frames=4, size=(56, 56))
     assert len(dataset) > 0
-    correct = answer_many(engine.adapter, dataset, 2, SamplingConfig(max_new_tokens=4), progress=False)
-    paths = write_splits(dataset, correct, cfg.dataset)
-    assert paths["sft"].is_file() and paths["rl"].is_file()
+    assert main(["data", "filter", "--data", str(cfg.dataset), "--num", "2", "--frames", "4", "--max-new-tokens", "4"]) == 0
+    assert (videos.parent / "served.sft.jsonl").is_file() and (videos.parent / "served.rl.jsonl").is_file()
     shutil.rmtree(out / "clips")
+
+
+def test_client_retries_only_what_may_pass():
+    """429/5xx are retried with backoff up to the limit; a 400 is not retried; both end in RequestFailed."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from longvid.data.reason.client import RequestFailed
+
+    calls = Counter()
+    app = FastAPI()
+
+    @app.post("/{status}/v1/chat/completions")
+    async def fail(status: int):
+        calls[status] += 1
+        return JSONResponse({"error": {"message": "no", "type": "x", "param": None, "code": None}}, status_code=status)
+
+    messages = [{"role": "user", "content": "hi"}]
+    with running_server(app) as url:
+        for status, attempts in ((503, 4), (429, 4), (400, 1), (404, 1)):
+            client = ChatClient(f"{url}/{status}/v1", "m", FAST)
+            with pytest.raises(RequestFailed, match=str(status)):
+                asyncio.run(client.complete(messages, max_tokens=1, temperature=0))
+            assert calls[status] == attempts and client.retries_done == attempts - 1

@@ -81,6 +81,8 @@ class ChatClient:
                 continue
             except openai.APIStatusError as e:
                 raise RequestFailed(f"{self.base_url}: HTTP {e.status_code}: {e.message}") from e
+            except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
+                raise RequestFailed(f"{self.base_url}: {type(e).__name__}: {e}") from e
             if not out.choices:
                 raise RequestFailed(f"{self.base_url}: a reply with no choices")
             choice = out.choices[0]
