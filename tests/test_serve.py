@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import openai
@@ -196,3 +197,53 @@ def test_busy_server_answers_429_and_stays_responsive(engine, root, monkeypatch)
         assert results["first"].status_code == 200
         # The slot is free again.
         assert httpx.post(f"{url}/v1/chat/completions", json=chat(), timeout=60).status_code == 200
+
+
+def test_requests_queue_up_to_the_bound(engine, root, monkeypatch):
+    """One slot and a queue of one: the second request waits and is answered, the third gets 429."""
+    started, release = threading.Event(), threading.Event()
+    original = engine.answer_video
+
+    def slow(*args, **kwargs):
+        started.set()
+        assert release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "answer_video", slow)
+    limits = ServeLimits(num_frames=8, size=56, default_max_tokens=4, max_concurrency=1, max_queue=1)
+    app = create_app(engine, MODEL, root, limits)
+    with running_server(app) as url:
+        results = {}
+
+        def post(name):
+            results[name] = httpx.post(f"{url}/v1/chat/completions", json=chat(), timeout=60)
+
+        threads = [threading.Thread(target=post, args=(name,)) for name in ("first", "queued")]
+        threads[0].start()
+        assert started.wait(30)
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while app.state.admitted < 2:  # the second request holds its place in the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        third = httpx.post(f"{url}/v1/chat/completions", json=chat(), timeout=5)
+        assert third.status_code == 429
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert results["first"].status_code == 200 and results["queued"].status_code == 200
+
+
+def test_serves_a_checkpoint_folder(engine, root, tmp_path):
+    """`build_app` with a saved checkpoint: the model id is the folder name, answers match the original."""
+    from longvid.serve import build_app
+
+    engine.adapter.save_pretrained(tmp_path / "my-model")
+    app = build_app(str(tmp_path / "my-model"), root, LIMITS)
+    client = TestClient(app)
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["my-model"]
+    body = {**chat(temperature=0, max_tokens=6), "model": "my-model"}
+    saved = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    original = TestClient(create_app(engine, MODEL, root, LIMITS)).post(
+        "/v1/chat/completions", json=chat(temperature=0, max_tokens=6)).json()["choices"][0]["message"]["content"]
+    assert saved == original

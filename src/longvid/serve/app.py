@@ -121,7 +121,7 @@ def create_app(engine: Engine, model_name: str, video_root: str | Path, limits: 
     app = FastAPI(title="longvid", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     slots = asyncio.Semaphore(limits.max_concurrency)
-    admitted = 0  # generating + waiting; only the event loop thread touches it
+    app.state.admitted = 0  # requests generating or waiting; only the event loop thread touches it
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -193,7 +193,6 @@ def create_app(engine: Engine, model_name: str, video_root: str | Path, limits: 
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
-        nonlocal admitted
         req = parse(await read_body(request))
         question, video = _turn(req, root)
         if video is None:
@@ -206,15 +205,15 @@ def create_app(engine: Engine, model_name: str, video_root: str | Path, limits: 
         if max_tokens > limits.max_new_tokens:
             param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             raise APIError(413, f"{param}: {max_tokens} is above the limit of {limits.max_new_tokens}", param=param)
-        if admitted >= limits.max_concurrency + limits.max_queue:
-            raise APIError(429, f"server busy: {admitted} requests generating or queued; retry later",
+        if app.state.admitted >= limits.max_concurrency + limits.max_queue:
+            raise APIError(429, f"server busy: {app.state.admitted} requests generating or queued; retry later",
                            "rate_limit_error", code="server_busy")
-        admitted += 1
+        app.state.admitted += 1
         try:
             async with slots:
                 body = await asyncio.to_thread(generate, req, question, video, num_frames, max_tokens)
         finally:
-            admitted -= 1
+            app.state.admitted -= 1
         return JSONResponse(body)
 
     return app
