@@ -8,7 +8,9 @@ Two ways to cut, chosen per video:
   keyframe (in decoding order) up to the next boundary keyframe. The recorded `start`/`end` are the
   copied frames' true presentation times (first frame's time; last frame's time plus its
   duration), relative to the stream's start, so they are exact for what the clip contains, not for
-  what was asked.
+  what was asked. All clips are copied in one demuxing pass. (In an open-GOP stream the frames
+  that follow a keyframe in decoding order but reference the GOP before it cannot be decoded
+  from the clip; x264 and most encoders write closed GOPs by default.)
 - reencode: frames whose time lies in `[start, end)` of the requested window are decoded and
   written as a new mp4 at the source frame rate; boundaries are exact to the frame. Used when the
   keyframes are too sparse for copying (a snapped clip would exceed `max_clip_seconds`) or when
@@ -98,41 +100,63 @@ def snap_to_keyframes(windows: list[tuple[float, float]], keyframes: list[float]
     return starts
 
 
-def _copy_clip(src: Path, dst: Path, start_key: float, stop_key: float | None) -> tuple[float, float]:
-    """Copy the packets from keyframe `start_key` (in decoding order) up to keyframe `stop_key`."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    first_pts = last_end = None
-    try:
-        with _open(src) as (container, stream), av.open(str(tmp), "w", format="mp4") as out:
-            tb, origin = stream.time_base, stream.start_time or 0
-            out_stream = out.add_stream_from_template(stream)
-            copying = False
+class _ClipWriter:
+    """One clip being written by packet copy, to a temp file renamed into place when finished."""
+
+    def __init__(self, dst: Path, template: av.VideoStream, first_pts: int, first_time: float):
+        self.dst, self.tmp = dst, dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        self.out = av.open(str(self.tmp), "w", format="mp4")
+        self.stream = self.out.add_stream_from_template(template)
+        self.offset, self.start, self.end = first_pts, first_time, first_time
+
+    def mux(self, packet: av.Packet, time: float, time_base) -> None:
+        self.end = max(self.end, time + float((packet.duration or 0) * time_base))
+        packet.pts -= self.offset  # the clip's timestamps restart at zero
+        if packet.dts is not None:
+            packet.dts -= self.offset
+        packet.stream = self.stream
+        self.out.mux(packet)
+
+    def finish(self) -> tuple[str, float, float]:
+        self.out.close()
+        os.replace(self.tmp, self.dst)
+        return str(self.dst), self.start, self.end
+
+    def abort(self) -> None:
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _copy_clips(src: Path, out: Path, starts: list[float]) -> list[tuple[str, float, float]]:
+    """One demuxing pass: each clip takes the packets from its start keyframe (in decoding order)
+    up to the next clip's start keyframe. Returns (path, true start, true end) per clip."""
+    done: list[tuple[str, float, float]] = []
+    writer: _ClipWriter | None = None
+    with _open(src) as (container, stream):
+        tb, origin = stream.time_base, stream.start_time or 0
+        try:
             for packet in container.demux(stream):
                 if packet.pts is None or not packet.size:
                     continue
                 t = float((packet.pts - origin) * tb)
-                if packet.is_keyframe:
-                    if stop_key is not None and t >= stop_key - 1e-6 and copying:
-                        break
-                    if abs(t - start_key) < 1e-6:
-                        copying = True
-                if not copying:
-                    continue
-                if first_pts is None:
-                    offset = packet.pts
-                    first_pts = t
-                last_end = max(last_end or t, t + float((packet.duration or 0) * tb))
-                packet.pts -= offset
-                packet.dts = packet.dts - offset if packet.dts is not None else None
-                packet.stream = out_stream
-                out.mux(packet)
-        if first_pts is None:
-            raise VideoError(f"{src}: no packets from the keyframe at {start_key:.3f}s")
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return first_pts, last_end
+                if packet.is_keyframe and len(done) + (writer is not None) < len(starts):
+                    if abs(t - starts[len(done) + (writer is not None)]) < 1e-6:
+                        if writer is not None:
+                            done.append(writer.finish())
+                        writer = _ClipWriter(out / f"clip-{len(done):04d}.mp4", stream, packet.pts, t)
+                if writer is not None:
+                    writer.mux(packet, t, tb)
+            if writer is not None:
+                done.append(writer.finish())
+                writer = None
+        except av.FFmpegError as e:
+            raise VideoError(f"{src}: corrupt data while copying clips ({e})") from e
+        finally:
+            if writer is not None:
+                writer.abort()
+    if len(done) != len(starts):
+        raise VideoError(f"{src}: found {len(done)} of the {len(starts)} keyframes it should start clips at")
+    return done
 
 
 def _reencode_clip(src: Path, dst: Path, start: float, end: float, fps: float) -> tuple[float, float]:
@@ -193,12 +217,9 @@ def cut_clips(
     out.mkdir(parents=True, exist_ok=True)
     clips = []
     if use_copy:
-        for i, begin in enumerate(starts):
-            stop = starts[i + 1] if i + 1 < len(starts) else None
-            dst = out / f"clip-{i:04d}.mp4"
-            true_start, true_end = _copy_clip(src, dst, begin, stop)
+        for i, (path, true_start, true_end) in enumerate(_copy_clips(src, out, starts)):
             requested_end = snapped[i + 1][1] if i + 1 < len(snapped) else duration
-            clips.append(Clip(i, str(dst), true_start, true_end, snapped[i][1], requested_end, "copy"))
+            clips.append(Clip(i, path, true_start, true_end, snapped[i][1], requested_end, "copy"))
     else:
         fps = info.fps or 1.0
         for i, (begin, end) in enumerate(windows):
