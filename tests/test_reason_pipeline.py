@@ -5,6 +5,7 @@ from `longvid serve` with the tiny model."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -116,6 +117,9 @@ def test_a_run_that_fails_midway_resumes_to_the_uninterrupted_result(videos, tmp
     assert lines[: len(journal_lines)] == journal_lines
     keys = [tuple(json.loads(l)[k] for k in ("video", "stage", "part")) for l in lines]
     assert len(keys) == len(set(keys))
+    # Resuming with other settings would mix two runs in one journal: refused, naming the setting.
+    with pytest.raises(ConfigError, match="clip_seconds: 4.0 then, 5.0 now"):
+        run(dataclasses.replace(cfg, clip_seconds=5.0), url, url)
     # A third run has nothing left to do and writes the same rows.
     idle = ReplayServer()
     with running_server(idle.app()) as url:

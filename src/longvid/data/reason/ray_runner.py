@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError
 from .client import ChatClient, RetryPolicy
-from .runner import ReasonConfig, ReasonRun, discover, write_outputs
+from .runner import ReasonConfig, ReasonRun, check_settings, discover, write_outputs
 from .summary import Summary
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def run_ray(
         raise ConfigError("--engine ray needs Ray Data: pip install 'longvid[ray]'") from None
     if journal_dir(config).exists() and not config.resume:
         raise ConfigError(f"{journal_dir(config)} exists: pass --resume to continue that run, or choose another --out")
+    check_settings(config, caption.model, llm.model)
     journal_dir(config).mkdir(parents=True, exist_ok=True)
     videos = discover(config.videos, config.shard)
     summary = Summary()

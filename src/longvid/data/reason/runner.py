@@ -13,6 +13,7 @@ items) → check (validate before spending a refinement) → refine (reasoning r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -89,6 +90,29 @@ class ReasonConfig:
     def summary_path(self) -> Path:
         return self.out / f"summary{self.suffix}.md"
 
+    def settings(self, caption_model: str, llm_model: str) -> dict:
+        """What decides the journal's contents: a resumed run must use the same."""
+        return {
+            "clip_seconds": self.clip_seconds, "cut": self.cut, "categories": list(self.categories),
+            "refine": self.refine, "budget": dataclasses.asdict(self.budget),
+            "caption_model": caption_model, "llm_model": llm_model,
+        }
+
+
+def check_settings(cfg: ReasonConfig, caption_model: str, llm_model: str) -> None:
+    """Record the run's settings in `<out>/settings[.shard].json`; refuse to resume with others."""
+    path = cfg.out / f"settings{cfg.suffix}.json"
+    wanted = cfg.settings(caption_model, llm_model)
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {recorded.get(k)!r} then, {wanted.get(k)!r} now" for k in changed)
+            raise ConfigError(f"{path}: --resume with different settings ({detail}); use another --out")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1))
+
 
 def discover(videos: Path, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """The shard's videos under `videos` (sorted), each `{"video": relative posix path, "path": absolute}`."""
@@ -116,6 +140,7 @@ class ReasonRun:
         cfg = self.config
         if cfg.journal_path.exists() and not cfg.resume:
             raise ConfigError(f"{cfg.journal_path} exists: pass --resume to continue that run, or choose another --out")
+        check_settings(cfg, self.captioner.model, self.llm.model)
         videos = discover(cfg.videos, cfg.shard)
         log.info("shard %d/%d: %d videos", *cfg.shard, len(videos))
         self._write(await self.collect(videos))
