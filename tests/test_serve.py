@@ -247,3 +247,17 @@ def test_serves_a_checkpoint_folder(engine, root, tmp_path):
     original = TestClient(create_app(engine, MODEL, root, LIMITS)).post(
         "/v1/chat/completions", json=chat(temperature=0, max_tokens=6)).json()["choices"][0]["message"]["content"]
     assert saved == original
+
+
+def test_cli_binds_localhost_by_default(root, monkeypatch, capsys):
+    import longvid.serve as serve_module
+    from longvid.cli import main
+
+    seen = {}
+    monkeypatch.setattr(serve_module, "serve", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port))
+    assert main(["serve", "--video-root", str(root), "--port", "8123", "--frames", "4", "--size", "56"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert TestClient(seen["app"]).get("/v1/models").json()["data"][0]["id"] == "longvid-tiny"
+    assert main(["serve", "--video-root", str(root / "nope")]) == 2
+    assert "video root" in capsys.readouterr().err
+    assert main(["serve", "--video-root", str(root), "--frames", "600"]) == 2
