@@ -220,3 +220,14 @@ def test_client_retries_only_what_may_pass():
             with pytest.raises(RequestFailed, match=str(status)):
                 asyncio.run(client.complete(messages, max_tokens=1, temperature=0))
             assert calls[status] == attempts and client.retries_done == attempts - 1
+
+
+def test_without_refinement_items_keep_their_generated_reasoning(videos, tmp_path):
+    server = ReplayServer()
+    with running_server(server.app()) as url:
+        cfg = config(videos, tmp_path / "out", videos.parent / "raw.jsonl", refine=False, categories=("plot", "order"))
+        run(cfg, url, url)
+    out = rows(cfg.dataset)
+    assert Counter(r["category"] for r in out) == {"plot": 3, "order": 3}
+    assert server.calls["refine"] == 0 and server.calls["temporal"] == 0
+    assert all(not r["refined"] for r in out)
