@@ -430,3 +430,56 @@ def _evict(cache: Any, before: int, keep_in_segment: torch.Tensor) -> None:
 def cache_bytes(cache: Any) -> int:
     """Bytes of the K/V tensors a transformers cache holds."""
     return sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size() for layer in cache.layers)
+
+
+def sp_hidden_states(sp: Any, layout: Layout) -> torch.Tensor:
+    """`masked_hidden_states` through a `SequenceParallel` (a mesh of one is the plain path):
+    this rank's hidden states, routed by this rank's shard of the summary mask."""
+    is_summary = sp.shard(layout.is_summary.to(torch.uint8)).bool()
+    with routing(is_summary[None]):
+        return sp.hidden_states(layout.embeds, layout.positions, layout.mask_fn)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollout and GRPO over a compressed prefix
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(adapter: VLMAdapter, layout: Layout, num_samples: int, config: Any, **kwargs: Any):
+    """`sampling.sample` over a compressed prefix: windowed prefill once (raw visual K/V evicted),
+    the cache replicated for the G samples, decoding as usual."""
+    from .sampling import sample as sample_from
+
+    pre = windowed_prefill(adapter, layout)
+    return sample_from(
+        adapter, layout.embeds, layout.positions, num_samples, config, prefilled=(pre.last_hidden[-1], pre.cache), **kwargs
+    )
+
+
+def packed_mask(layout: Layout, packed: Any) -> tuple[masks.MaskFn, torch.Tensor]:
+    """For `packed = rl.packing.pack(adapter, layout.embeds, layout.positions, responses)`: the
+    composed mask (shared prefix AND visual summary) and the summary rows of the packed sequence."""
+    if not torch.equal(packed.embeds[: len(layout)], layout.embeds):
+        raise ValueError("the packed sequence does not start with this compressed prefix")
+    padded = layout.padded(len(packed))
+    return masks.and_masks(packed.mask_fn, padded.mask_fn), padded.is_summary
+
+
+def packed_logprobs(
+    adapter: VLMAdapter, layout: Layout, packed: Any, *, temperature: float = 1.0, sp: Any = None
+) -> torch.Tensor:
+    """GRPO's packed pass `[compressed prefix | r1 | … | rG]`: per-token log-probs `[G, L]` (0 where
+    padded) from one forward under the composed mask; with `sp`, sequence-parallel."""
+    from .common import token_logprobs
+
+    mask_fn, is_summary = packed_mask(layout, packed)
+    if sp is None:
+        mask = masks.prepared_mask(mask_fn, len(packed), packed.embeds.device)
+        with routing(is_summary[None]):
+            hidden = adapter.hidden_states(packed.embeds[None], packed.positions.unsqueeze(-2), attention_mask=mask)[0][0]
+        logp = token_logprobs(adapter, hidden[packed.source_index], packed.targets, temperature=temperature)
+    else:
+        with routing(sp.shard(is_summary.to(torch.uint8)).bool()[None]):
+            logp = sp.token_logprobs(
+                packed.embeds, packed.positions, mask_fn, packed.source_index, packed.targets, temperature=temperature
+            )
+    return logp.masked_fill(~packed.mask, 0.0)

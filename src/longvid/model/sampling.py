@@ -74,12 +74,20 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     pad_id: int | None = None,
+    prefilled: tuple[torch.Tensor, object] | None = None,
 ) -> Samples:
-    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions)."""
+    """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions).
+
+    `prefilled`: (the prefix's last hidden state `[D]`, its KV cache) from a prefill done elsewhere
+    (the compressed windowed prefill); the prefix is then not run again."""
     stop = torch.tensor(adapter.eos_token_ids, device=prefix_embeds.device)
     pad = int(pad_id if pad_id is not None else stop[0])
-    hidden, cache = adapter.hidden_states(prefix_embeds[None], prefix_positions.unsqueeze(-2), use_cache=True)
-    logits = adapter.logits(hidden[:, -1]).float().expand(num_samples, -1)
+    if prefilled is None:
+        hidden, cache = adapter.hidden_states(prefix_embeds[None], prefix_positions.unsqueeze(-2), use_cache=True)
+        last = hidden[:, -1]
+    else:
+        last, cache = prefilled[0][None], prefilled[1]
+    logits = adapter.logits(last).float().expand(num_samples, -1)
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
     steps = adapter.continuation_positions(prefix_positions, config.max_new_tokens)
