@@ -125,3 +125,22 @@ def test_compressed_packed_pass_is_exact_under_sp(mode):
         assert grads.keys() == ref_grads.keys()
         for name in ref_grads:
             torch.testing.assert_close(torch.tensor(grads[name]), torch.tensor(ref_grads[name]), atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_likelihood_scoring_over_windowed_cache_matches_packed_pass():
+    adapter, summary, video, responses = _setup()
+    with torch.no_grad(), exact_float64_norms():
+        visual = adapter.encode(video)
+        layout = _layout(adapter, summary, visual)
+        scores = compress.continuation_logprobs(adapter, compress.windowed_prefill(adapter, layout), responses)
+        packed = compress.packed_logprobs(adapter, layout, pack(adapter, layout.embeds, layout.positions, responses))
+        torch.testing.assert_close(scores, packed.sum(-1), atol=1e-10, rtol=0)
+        # Ratio 1 without summary tokens scores exactly as the uncompressed model.
+        prompt = adapter.build_prompt("Which colour comes first?", visual)
+        embeds, positions = adapter.prefix_inputs(prompt, visual)
+        plain = compress.Compressor(None, 1).score(adapter, prompt, embeds, positions, responses)
+        from longvid.rl.packing import separate_logprobs
+
+        torch.testing.assert_close(plain, separate_logprobs(adapter, embeds, positions, responses).sum(-1), atol=1e-10, rtol=0)
+    with pytest.raises(Exception, match="needs trained summary tokens"):
+        compress.Compressor(None, 4)

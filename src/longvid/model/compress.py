@@ -266,14 +266,15 @@ def interleave(
     embeds: torch.Tensor,
     positions: torch.Tensor,
     visual_mask: torch.Tensor,
-    summary_embedding: torch.Tensor,
+    summary_embedding: torch.Tensor | None,
     ratios: int | Sequence[int],
     window: int,
     labels: torch.Tensor | None = None,
 ) -> Layout:
     """Insert summary slots into the (one, contiguous) visual span of `embeds [S, D]`.
 
-    `ratios`: one ratio for every window, or one per window (training draws them)."""
+    `ratios`: one ratio for every window, or one per window (training draws them).
+    `summary_embedding` may be None when every ratio is 1 (nothing compressed)."""
     visual = visual_mask.nonzero().flatten().to(embeds.device)
     if len(visual) == 0:
         raise ValueError("the sequence has no visual tokens to compress")
@@ -292,6 +293,10 @@ def interleave(
         if r > window:
             raise ConfigError(f"compression ratio {r} is larger than the window of {window} visual tokens")
 
+    if summary_embedding is None:
+        if any(r != 1 for r in per_window):
+            raise ConfigError("compression ratios above 1 need trained summary tokens (SummaryTokens)")
+        summary_embedding = embeds.new_zeros(embeds.shape[-1])
     device = embeds.device
     summary_slot = embeds.shape[0]  # index of the summary embedding appended below
     pieces, kinds, win_ids, gather_pos = [torch.arange(first, device=device)], [torch.full((first,), KEPT)], [], []
@@ -483,3 +488,58 @@ def packed_logprobs(
                 packed.embeds, packed.positions, mask_fn, packed.source_index, packed.targets, temperature=temperature
             )
     return logp.masked_fill(~packed.mask, 0.0)
+
+
+def continuation_logprobs(adapter: VLMAdapter, prefilled: Prefilled, continuations: list[torch.Tensor]) -> torch.Tensor:
+    """Log-prob `[C]` of each token sequence continuing a prefilled prefix (multiple-choice scoring
+    by likelihood): the cache replicated for the C candidates, one batched right-padded pass. The
+    prefilled cache is consumed."""
+    if not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("continuation_logprobs needs at least one non-empty continuation")
+    first = torch.log_softmax(adapter.logits(prefilled.last_hidden[-1]).double(), -1)
+    device = prefilled.last_hidden.device
+    width = max(len(c) for c in continuations)
+    ids = torch.zeros(len(continuations), width, dtype=torch.long, device=device)
+    for i, c in enumerate(continuations):
+        ids[i, : len(c)] = c.to(device)
+    total = first[ids[:, 0]]
+    if width > 1:
+        cache = prefilled.cache
+        if len(continuations) > 1:
+            cache.batch_repeat_interleave(len(continuations))
+        pos = adapter.continuation_positions(prefilled.positions, width - 1)
+        pos = pos.unsqueeze(-2).expand(*pos.shape[:-1], len(continuations), width - 1)
+        hidden, _ = adapter.hidden_states(adapter.embed_tokens(ids[:, :-1]), pos, cache=cache, use_cache=True)
+        logp = torch.log_softmax(adapter.logits(hidden).double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        steps = torch.arange(1, width, device=device)
+        lengths = torch.tensor([len(c) for c in continuations], device=device)
+        total = total + (logp * (steps[None] < lengths[:, None])).sum(-1)
+    return total
+
+
+@dataclasses.dataclass
+class Compressor:
+    """Inference with one ratio: what evaluation and rollout call for a prompt. `summary` may be
+    None only with ratio 1 (no compression: the prompt runs as today)."""
+
+    summary: SummaryTokens | None
+    ratio: int = 1
+
+    def __post_init__(self) -> None:
+        if self.summary is not None:
+            self.summary.check_inference_ratio(self.ratio)
+        elif self.ratio != 1:
+            raise ConfigError(f"compression ratio {self.ratio} needs trained summary tokens (none loaded)")
+
+    def layout(self, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor) -> Layout:
+        window = self.summary.window if self.summary is not None else max(1, int(prompt.visual_mask.sum()))
+        embedding = self.summary.embedding if self.summary is not None else None
+        return interleave(embeds, positions, prompt.visual_mask.to(embeds.device), embedding, self.ratio, window)
+
+    def sample(self, adapter: VLMAdapter, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, num_samples: int, config: Any, **kwargs: Any):
+        return sample(adapter, self.layout(prompt, embeds, positions), num_samples, config, **kwargs)
+
+    @torch.no_grad()
+    def score(self, adapter: VLMAdapter, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
+        """Log-likelihood of each candidate response after the compressed prompt."""
+        return continuation_logprobs(adapter, windowed_prefill(adapter, self.layout(prompt, embeds, positions)), candidates)
