@@ -65,10 +65,15 @@ _summary_rows: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
 class CompressConfig(Validated):
     """`compress.*` settings: the ratios trained (one drawn per window), the window in visual tokens."""
 
-    ratios: tuple[int, ...] = DEFAULT_RATIOS
+    ratios: tuple[int, ...] | str = DEFAULT_RATIOS  # also "2,4,8" (the command line's form)
     window: int = 1440
 
     def validate(self) -> None:
+        if isinstance(self.ratios, str):
+            try:
+                self.ratios = tuple(int(r) for r in self.ratios.split(",") if r.strip())
+            except ValueError:
+                raise ConfigError(f"compress.ratios: expected comma-separated integers, got {self.ratios!r}") from None
         check_ratios(self.ratios, self.window)
 
 
@@ -543,3 +548,41 @@ class Compressor:
     def score(self, adapter: VLMAdapter, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
         """Log-likelihood of each candidate response after the compressed prompt."""
         return continuation_logprobs(adapter, windowed_prefill(adapter, self.layout(prompt, embeds, positions)), candidates)
+
+
+class TrainingCompression:
+    """What a trainer needs to train with summary tokens: fresh (or resumed) summary parameters
+    hooked into the model, a ratio drawn per window, the compressed forward and its labels, and
+    the summary parameters' save/restore beside the trainer's checkpoints."""
+
+    STATE_KEY = "summary_tokens"
+
+    def __init__(self, adapter: VLMAdapter, config: CompressConfig, seed: int = 0):
+        config.validate()
+        self.summary = SummaryTokens.from_adapter(adapter, ratios=config.ratios, window=config.window).attach(adapter)
+        self.rng = random.Random(seed)
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """`model` and the summary parameters as one module (to build the optimizer over both)."""
+        return nn.ModuleList([model, self.summary])
+
+    def hidden_states(self, sp: Any, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
+        """This rank's hidden states and shifted labels of `[prompt | response]` compressed (one
+        forward under the visual-summary mask; a ratio drawn per window)."""
+        visual = torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device)
+        visual[: len(prompt)] = prompt.visual_mask.to(embeds.device)
+        ratios = self.summary.draw_ratios(int(visual.sum()), self.rng)
+        layout = interleave(embeds, positions, visual, self.summary.embedding, ratios, self.summary.window, labels)
+        return sp_hidden_states(sp, layout), sp.shard(layout.labels, pad_value=-100)
+
+    def extra_state(self) -> dict:
+        return {self.STATE_KEY: {k: v.detach().cpu() for k, v in self.summary.state_dict().items()}, "compress_rng": self.rng.getstate()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.summary.load_state_dict(state[self.STATE_KEY])
+        self.rng.setstate(state["compress_rng"])
+
+    def save_beside(self, checkpoint: Path | None) -> None:
+        """`summary_tokens.safetensors` next to the checkpoint's `model/` folder contents."""
+        if checkpoint is not None:
+            self.summary.save(Path(checkpoint) / "model")
