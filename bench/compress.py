@@ -11,8 +11,9 @@ every measurement (synthetic embeddings: 2 LLM tokens per frame, as a 56x56 vide
 - ratio 1 is today's path: one causal prefill over the whole prompt (`adapter.hidden_states`).
 - ratio r > 1: `compress.windowed_prefill` (window by window, raw visual K/V dropped after each).
 - `kv_bytes`: K/V tensors held by the cache after prefill.
-- `prefill_s`: median of `--repeats` prefills (after one warm-up); `decode_s_per_token`: the median
-  time of one greedy decoding step over the prefilled cache (`--decode-tokens` steps).
+- `prefill_s`: median of `--repeats` prefills of the longest video (after one warm-up round; the
+  ratios take turns, so load on a shared machine slows them alike); `decode_s_per_token`: the
+  median time of one greedy decoding step over the prefilled cache (`--decode-tokens` per round).
 - `peak_mb`: the peak of (allocated - freed) by PyTorch's CPU allocator during one prefill
   (torch profiler, `profile_memory=True`), beyond the weights and the embeddings that exist before
   it: the activations and the cache.
@@ -90,7 +91,8 @@ def make_prefill(adapter, summary, prompt, embeds, positions, ratio: int):
     return run
 
 
-def decode_step_seconds(adapter, last, cache, positions, steps: int) -> float:
+def decode_seconds(adapter, last, cache, positions, steps: int) -> list[float]:
+    """Seconds of each greedy decoding step over a prefilled cache."""
     token = adapter.logits(last).argmax()[None]
     pos = adapter.continuation_positions(positions, steps)
     times = []
@@ -99,27 +101,41 @@ def decode_step_seconds(adapter, last, cache, positions, steps: int) -> float:
         hidden, cache = adapter.hidden_states(adapter.embed_tokens(token)[None], pos[..., i : i + 1].unsqueeze(-2), cache=cache, use_cache=True)
         token = adapter.logits(hidden[0, -1]).argmax()[None]
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 @torch.no_grad()
-def measure(adapter, summary, num_frames: int, ratio: int, repeats: int, decode_tokens: int, timed: bool) -> dict:
+def memory(adapter, summary, num_frames: int, ratio: int) -> dict:
     prompt, embeds, positions = prompt_inputs(adapter, num_frames)
     run = make_prefill(adapter, summary, prompt, embeds, positions, ratio)
     out = {"frames": num_frames, "prompt_tokens": len(prompt), "peak_mb": peak_bytes(run) / 2**20}
-    last, cache, pos = run()
+    _, cache, _ = run()
     out["kv_bytes"] = compress.cache_bytes(cache)
     out["cached_tokens"] = cache.get_seq_length()
-    if timed:
-        times = []
-        for _ in range(repeats):
+    return out
+
+
+@torch.no_grad()
+def timing(adapter, summary, num_frames: int, ratios: list[int], repeats: int, decode_tokens: int) -> dict[int, dict]:
+    """Round-robin over the ratios (a loaded machine slows every ratio alike): prefill seconds and
+    per-token decode seconds, after one warm-up round."""
+    prompt, embeds, positions = prompt_inputs(adapter, num_frames)
+    runs = {r: make_prefill(adapter, summary, prompt, embeds, positions, r) for r in ratios}
+    prefill = {r: [] for r in ratios}
+    decode = {r: [] for r in ratios}
+    for round_ in range(repeats + 1):
+        for r, run in runs.items():
             start = time.perf_counter()
             last, cache, pos = run()
-            times.append(time.perf_counter() - start)
-        out["prefill_s"] = statistics.median(times)
-        out["prefill_s_min"] = min(times)
-        out["decode_s_per_token"] = decode_step_seconds(adapter, last, cache, pos, decode_tokens)
-    return out
+            elapsed = time.perf_counter() - start
+            steps = decode_seconds(adapter, last, cache, pos, decode_tokens)
+            if round_:
+                prefill[r].append(elapsed)
+                decode[r] += steps
+    return {
+        r: {"prefill_s": statistics.median(prefill[r]), "prefill_s_min": min(prefill[r]), "decode_s_per_token": statistics.median(decode[r])}
+        for r in ratios
+    }
 
 
 def fit(frames: list[int], peaks: list[float]) -> tuple[float, float, float]:
@@ -149,10 +165,12 @@ def main(argv=None) -> None:
 
     results = {}
     for r in ratios:
-        rows = [measure(adapter, summary, f, r, args.repeats, args.decode_tokens, timed=f == frames[-1]) for f in frames]
+        rows = [memory(adapter, summary, f, r) for f in frames]
         slope, intercept, residual = fit(frames, [row["peak_mb"] for row in rows])
         results[r] = {"long_video": rows[-1], "peak_mb_by_frames": {row["frames"]: row["peak_mb"] for row in rows},
                       "peak_fit_mb_per_frame": slope, "peak_fit_intercept_mb": intercept, "fit_residual_mb": residual}
+    for r, times in timing(adapter, summary, frames[-1], ratios, args.repeats, args.decode_tokens).items():
+        results[r]["long_video"].update(times)
     budget = results[1]["long_video"]["peak_mb"] if 1 in results else None
     for r, res in results.items():
         if budget is not None:

@@ -1,6 +1,8 @@
 """SFT with visual summary tokens: `compress.ratios` from the command-line form, summary parameters
 trained and checkpointed (safetensors beside the model, exact resume), the checkpoint usable by NIAH."""
 
+import json
+
 import pytest
 import torch
 
@@ -61,3 +63,28 @@ def test_compressed_sft_trains_checkpoints_and_resumes_exactly(tmp_path):
     resumed = SFTTrainer(load_adapter(ModelConfig(seed=99)), cfg, samples, frames)
     history = resumed.train(resume=True)
     assert [h["loss"] for h in history] == [h["loss"] for h in full]
+
+
+def test_cli_sft_with_compression_then_eval_and_niah_at_a_trained_ratio(tmp_path, capsys):
+    from longvid.cli import main
+
+    data = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(data), "--num", "4", "--frames", "8", "--specs"]) == 0
+    run = tmp_path / "sft"
+    assert main(["sft", "--train", str(data / "data.jsonl"), "--out-dir", str(run), "--steps", "1",
+                 "--set", "video.num_frames=8", "--set", "progress=false", "--set", "grad_accum=1",
+                 "--set", "compress.ratios=2,4", "--set", "compress.window=8"]) == 0
+    ckpt = run / "checkpoints" / "step-000001" / "model"
+    assert (ckpt / PARAMS_FILE).is_file()
+    eval_args = ["eval", "--data", str(data / "data.jsonl"), "--model", str(ckpt), "--out", str(tmp_path / "eval"),
+                 "--frames", "8", "--max-new-tokens", "4"]
+    assert main([*eval_args, "--compress-ratio", "4"]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_samples"] == 4
+    capsys.readouterr()
+    assert main([*eval_args, "--compress-ratio", "16"]) == 2
+    assert "not trained" in capsys.readouterr().err
+    assert main([*eval_args, "--compress-ratio", "0"]) == 2
+    assert ">= 1" in capsys.readouterr().err
+    assert main(["niah", "--model", str(ckpt), "--frames", "8", "--depths", "0,1", "--trials", "1", "--ratios", "1,2",
+                 "--out", str(tmp_path / "niah")]) == 0
+    assert (tmp_path / "niah" / "niah.png").is_file()

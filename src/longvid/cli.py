@@ -109,14 +109,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return VideoDataset(samples, root=data.root, video=VideoConfig(num_frames=n, size=args.size)).load_frames
 
     out = Path(args.out)
-    result = evaluate(adapter, samples, loader(args.frames), max_new_tokens=args.max_new_tokens)
+    compressor = _eval_compressor(args, adapter)
+    result = evaluate(adapter, samples, loader(args.frames), max_new_tokens=args.max_new_tokens, compressor=compressor)
     result.num_frames = args.frames
     write_result(result, out, "eval")
     print(f"accuracy {100 * result.accuracy:.1f}% (chance {100 * result.chance:.1f}%) on {len(samples)} samples; "
           f"{len(bad)} bad rows skipped; {out / 'eval.md'}")
     if args.frames_scaling:
         counts = [int(x) for x in args.frames_scaling.split(",")]
-        results = frames_scaling(adapter, samples, loader, counts, max_new_tokens=args.max_new_tokens)
+        results = frames_scaling(adapter, samples, loader, counts, max_new_tokens=args.max_new_tokens, compressor=compressor)
         for r in results:
             write_result(r, out, f"eval_{r.num_frames}f")
         plot_frames_scaling({"model": [(r.num_frames, r.accuracy) for r in results]}, out / "frames_scaling.png", chance=result.chance)
@@ -175,6 +176,9 @@ def _summary_tokens(adapter, model_path: str | None, ratios: list[int], untraine
     from .errors import ConfigError
     from .model.compress import PARAMS_FILE, SummaryTokens
 
+    bad = [r for r in ratios if r < 1]
+    if bad:
+        raise ConfigError(f"compression ratios must be >= 1 (1 = off), got {bad}")
     compressing = sorted({r for r in ratios if r != 1})
     if not compressing:
         return None
@@ -224,6 +228,20 @@ def cmd_niah(args: argparse.Namespace) -> int:
     paths = write_report(grids, args.out)
     print(f"report: {paths['md']} heatmap: {paths['png']}")
     return 0
+
+
+def _compress_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compress-ratio", type=int, default=1,
+                   help="visual summary tokens: one summary per N visual tokens (1 = off; needs summary tokens beside --model)")
+
+
+def _eval_compressor(args: argparse.Namespace, adapter):
+    """The inference compressor of `--compress-ratio` (None when off)."""
+    from .model.compress import Compressor
+
+    if args.compress_ratio == 1:
+        return None
+    return Compressor(_summary_tokens(adapter, args.model, [args.compress_ratio], None), args.compress_ratio)
 
 
 def _niah_parser(sub) -> None:
@@ -281,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--limit", type=int, help="evaluate only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
+    _compress_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")

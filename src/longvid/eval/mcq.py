@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data.schema import Sample
 from ..inputs import encode_sample
 from ..model.adapter import VLMAdapter
+from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig, sample
 from ..video.decode import Frames
 from .extract import answer_text, extract_choice
@@ -65,11 +66,16 @@ def respond(
     *,
     encode_chunk: int | None = None,
     generator: torch.Generator | None = None,
+    compressor: Compressor | None = None,
 ) -> list[str]:
-    """`num_responses` answers to one question: the video encoded and prefilled once."""
+    """`num_responses` answers to one question: the video encoded and prefilled once (with
+    `compressor`, prefilled window by window into visual summary tokens)."""
     enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
     embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-    out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
+    if compressor is not None:
+        out = compressor.sample(adapter, enc.prompt, embeds, positions, num_responses, config, generator=generator)
+    else:
+        out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
     return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
 
 
@@ -83,6 +89,7 @@ def evaluate(
     encode_chunk: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    compressor: Compressor | None = None,
 ) -> EvalResult:
     """Greedy-answer every sample and score the extracted letter against the answer."""
     if not samples:
@@ -91,7 +98,7 @@ def evaluate(
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
     records = []
     for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
-        text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk)[0]
+        text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk, compressor=compressor)[0]
         predicted = predicted_answer(s, text)
         records.append(Record(s.id, s.category, s.answer, predicted, predicted == s.answer, text))
     return score(records, samples)
