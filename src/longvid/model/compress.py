@@ -303,59 +303,46 @@ def interleave(
             raise ConfigError("compression ratios above 1 need trained summary tokens (SummaryTokens)")
         summary_embedding = embeds.new_zeros(embeds.shape[-1])
     device = embeds.device
-    summary_slot = embeds.shape[0]  # index of the summary embedding appended below
-    pieces, kinds, win_ids, gather_pos = [torch.arange(first, device=device)], [torch.full((first,), KEPT)], [], []
-    win_ids.append(torch.full((first,), NO_WINDOW))
-    gather_pos.append(torch.arange(first, device=device))
+    summary_slot = embeds.shape[0]  # index of the summary embedding in the table gathered from below
+
+    def plain(start: int, stop: int, kind: int = KEPT, window_id: int = NO_WINDOW):
+        tokens = torch.arange(start, stop, device=device)
+        return tokens, tokens, torch.full((stop - start,), kind, device=device), torch.full((stop - start,), window_id, device=device)
+
+    parts = [plain(0, first)]  # each part: (source index, position source, kind, window id)
     windows, cursor = [], first
     for w, r in enumerate(per_window):
         start = first + w * window
         n = min(window, count - w * window)
-        tokens = torch.arange(start, start + n, device=device)
-        if r == 1:
-            src, pos, kind = tokens, tokens, torch.full((n,), KEPT)
-            wid = torch.full((n,), NO_WINDOW)
+        if r == 1:  # kept uncompressed: visible and cached like text
+            parts.append(plain(start, start + n))
         else:
-            groups = math.ceil(n / r)
-            g = torch.arange(groups, device=device)
-            group_end = torch.clamp((g + 1) * r, max=n)
-            length = n + groups
+            g = torch.arange(math.ceil(n / r), device=device)
+            group_end = torch.clamp((g + 1) * r, max=n)  # visual tokens up to and including each group
+            slots = group_end + g  # summary g follows its group and the g summaries before it
             idx = torch.arange(n, device=device)
-            src = torch.empty(length, dtype=torch.long, device=device)
-            pos = torch.empty(length, dtype=torch.long, device=device)
-            kind = torch.full((length,), RAW)
-            slots = group_end + g
-            kind[slots.cpu()] = SUMMARY
-            src[idx + idx // r] = tokens
-            pos[idx + idx // r] = tokens
+            src, pos, kind, wid = plain(0, n + len(g), RAW, w)
+            src, pos, kind = src.clone(), pos.clone(), kind.clone()
+            src[idx + idx // r] = pos[idx + idx // r] = idx + start
             src[slots] = summary_slot
             pos[slots] = start + group_end - 1  # a summary sits at the position of the token it follows
-            wid = torch.full((length,), w)
-        pieces.append(src)
-        gather_pos.append(pos)
-        kinds.append(kind)
-        win_ids.append(wid)
-        windows.append((cursor, cursor + len(src)))
-        cursor += len(src)
-    tail = torch.arange(first + count, embeds.shape[0], device=device)
-    pieces.append(tail)
-    gather_pos.append(tail)
-    kinds.append(torch.full((len(tail),), KEPT))
-    win_ids.append(torch.full((len(tail),), NO_WINDOW))
+            kind[slots] = SUMMARY
+            parts.append((src, pos, kind, wid))
+        windows.append((cursor, cursor + len(parts[-1][0])))
+        cursor = windows[-1][1]
+    parts.append(plain(first + count, embeds.shape[0]))
 
-    src = torch.cat(pieces)
+    src, gather_pos, kind, window_id = (torch.cat(column) for column in zip(*parts))
     table = torch.cat([embeds, summary_embedding.to(embeds.dtype)[None]])
-    kind = torch.cat(kinds).to(device)
     out_labels = None
     if labels is not None:
-        out_labels = torch.where(kind == SUMMARY, -100, labels[src.clamp(max=summary_slot - 1)])
-        out_labels = torch.where(kind == RAW, -100, out_labels)
+        out_labels = torch.where(kind == KEPT, labels[src.clamp(max=summary_slot - 1)], -100)
     source = torch.where(kind == SUMMARY, -1, src)
     return Layout(
         embeds=table[src],
-        positions=positions[..., torch.cat(gather_pos)],
+        positions=positions[..., gather_pos],
         kind=kind,
-        window_id=torch.cat(win_ids).to(device),
+        window_id=window_id,
         source=source,
         windows=windows,
         labels=out_labels,
