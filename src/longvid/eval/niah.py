@@ -5,8 +5,9 @@ A haystack is a long video sampled to N frames: our synthetic grey haystack (the
 video/synth.py, which also places its coloured flash) or a local video. A needle is a short run of
 frames (an image repeated, or a clip) inserted at depth d (0 = start, 1 = end) with a
 multiple-choice question only it answers. Each cell is scored over `trials` needles, by the
-likelihood of each option's answer (`<answer>X</answer>` after the prompt; works for any model,
-chance for an untrained one) or by greedy generation and letter extraction (as `eval/mcq.py`).
+likelihood of each option's SFT-format answer with empty reasoning (`<think></think><answer>X</answer>`
+after the prompt; works for any model, chance for an untrained one) or by greedy generation and
+letter extraction (as `eval/mcq.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..data.schema import Sample
 from ..errors import ConfigError, DataError
-from ..inputs import question_text
+from ..inputs import question_text, target_text
 from ..model.adapter import VLMAdapter
 from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig
@@ -172,7 +173,8 @@ def answer(adapter: VLMAdapter, compressor: Compressor, sample: Sample, frames: 
     prompt = adapter.build_prompt(question_text(sample), visual)
     embeds, positions = adapter.prefix_inputs(prompt, visual)
     if scoring == "likelihood":
-        candidates = [adapter.response_ids(f"<answer>{letter}</answer>") for letter in sample.letters]
+        blank = dataclasses.replace(sample, reasoning=None)
+        candidates = [adapter.response_ids(target_text(dataclasses.replace(blank, answer=x))) for x in sample.letters]
         scores = compressor.score(adapter, prompt, embeds, positions, candidates)
         return sample.letters[int(scores.argmax())]
     out = compressor.sample(adapter, prompt, embeds, positions, 1, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0))
