@@ -16,7 +16,7 @@ from longvid.model import load_adapter
 from longvid.model.sampling import SamplingConfig
 from longvid.serve import Engine, ServeLimits, create_app
 from longvid.video.decode import decode, encode_mp4
-from longvid.video.synth import make_sample
+from longvid.synth import make_sample
 
 MODEL = "longvid-tiny"
 LIMITS = ServeLimits(num_frames=8, size=56, max_frames=64, max_n=8, max_new_tokens=64, default_max_tokens=8,

@@ -236,7 +236,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return data.with_sampling(sampling, samples).load_frames
 
     out = Path(args.out)
-    result = evaluate(adapter, samples, loader(None), max_new_tokens=args.max_new_tokens, skip_bad=args.skip_bad)
+    compressor = _eval_compressor(args, adapter)
+    result = evaluate(adapter, samples, loader(None), max_new_tokens=args.max_new_tokens, skip_bad=args.skip_bad,
+                      compressor=compressor)
     result.num_frames = video.num_frames
     write_result(result, out, "eval")
     skipped = len(bad) + len(result.skipped)
@@ -246,7 +248,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped: {reason}")
     if args.frames_scaling:
         counts = args.frames_scaling
-        results = frames_scaling(adapter, samples, loader, counts, max_new_tokens=args.max_new_tokens, skip_bad=args.skip_bad)
+        results = frames_scaling(adapter, samples, loader, counts, max_new_tokens=args.max_new_tokens, skip_bad=args.skip_bad,
+                                 compressor=compressor)
         for r in results:
             write_result(r, out, f"eval_{r.num_frames}f")
         plot_frames_scaling({"model": [(r.num_frames, r.accuracy) for r in results]}, out / "frames_scaling.png", chance=result.chance)
@@ -487,6 +490,99 @@ def _reason_parser(data) -> None:
     p.set_defaults(func=cmd_data_reason)
 
 
+def _summary_tokens(adapter, model_path: str | None, ratios: list[int], untrained_window: int | None):
+    """The summary tokens saved beside the checkpoint, or fresh untrained ones when asked; None
+    when no ratio compresses."""
+    from .errors import ConfigError
+    from .model.compress import PARAMS_FILE, SummaryTokens
+
+    bad = [r for r in ratios if r < 1]
+    if bad:
+        raise ConfigError(f"compression ratios must be >= 1 (1 = off), got {bad}")
+    compressing = sorted({r for r in ratios if r != 1})
+    if not compressing:
+        return None
+    if untrained_window:
+        return SummaryTokens.from_adapter(adapter, ratios=compressing, window=untrained_window).attach(adapter)
+    if model_path is None or not (Path(model_path) / PARAMS_FILE).is_file():
+        raise ConfigError(f"compression ratio(s) {compressing} need {PARAMS_FILE} beside the model (--model); "
+                          "train with compress.ratios, or pass --untrained-summary WINDOW to try fresh ones")
+    return SummaryTokens.load(model_path, adapter).attach(adapter)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from .errors import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_niah(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .errors import ConfigError
+    from .eval.niah import load_needles, run_grid, video_item, write_report
+    from .model import load_adapter
+    from .model.compress import Compressor
+
+    ratios = _int_list(args.ratios, "--ratios")
+    frames = _int_list(args.frames, "--frames")
+    try:
+        depths = [float(x) for x in args.depths.split(",")]
+    except ValueError:
+        raise ConfigError(f"--depths: expected comma-separated fractions, got {args.depths!r}") from None
+    adapter = load_adapter(ModelConfig(path=args.model))
+    summary = _summary_tokens(adapter, args.model, ratios, args.untrained_summary)
+    if args.haystack == "synthetic":
+        from .synth import needle_haystack
+
+        make_item = needle_haystack(args.size, args.seed)
+    else:
+        if not args.needles:
+            raise ConfigError("--needles (a jsonl of image needles) is required with a video haystack")
+        make_item = video_item(args.haystack, load_needles(args.needles, args.size), args.size)
+    grids = []
+    for r in ratios:
+        compressor = Compressor(summary if r != 1 else None, r)
+        grids.append(run_grid(adapter, compressor, make_item, frames, depths, trials=args.trials, scoring=args.scoring))
+        print(f"ratio {r}: mean accuracy {100 * grids[-1].mean:.1f}% (chance {100 * grids[-1].chance:.1f}%)")
+    paths = write_report(grids, args.out)
+    print(f"report: {paths['md']} heatmap: {paths['png']}")
+    return 0
+
+
+def _compress_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compress-ratio", type=int, default=1,
+                   help="visual summary tokens: one summary per N visual tokens (1 = off; needs summary tokens beside --model)")
+
+
+def _eval_compressor(args: argparse.Namespace, adapter):
+    """The inference compressor of `--compress-ratio` (None when off)."""
+    from .model.compress import Compressor
+
+    if args.compress_ratio == 1:
+        return None
+    return Compressor(_summary_tokens(adapter, args.model, [args.compress_ratio], None), args.compress_ratio)
+
+
+def _niah_parser(sub) -> None:
+    p = sub.add_parser("niah", help="video needle-in-a-haystack: accuracy over frames x depth, with/without compression")
+    p.add_argument("--model", help="checkpoint folder (summary tokens are read from beside it)")
+    p.add_argument("--haystack", default="synthetic", help="'synthetic' (default) or a local video file")
+    p.add_argument("--needles", help="jsonl of image needles (image, question, options, answer) for a video haystack")
+    p.add_argument("--frames", default="16,32,64", help="haystack lengths in frames (comma-separated)")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1] (comma-separated)")
+    p.add_argument("--trials", type=int, default=4, help="needles per cell")
+    p.add_argument("--ratios", default="1", help="compression ratios (1 = none), e.g. 1,4,16")
+    p.add_argument("--untrained-summary", type=int, metavar="WINDOW", help="use fresh (untrained) summary tokens with this window")
+    p.add_argument("--scoring", default="likelihood", choices=["likelihood", "generate"])
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/niah")
+    p.set_defaults(func=cmd_niah)
+
+
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sp", type=POSITIVE, help="sequence-parallel ranks per sample (under torchrun)")
     p.add_argument("--ulysses", type=POSITIVE, help="Ulysses (all-to-all) part of --sp; the rest is ring")
@@ -550,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--limit", type=POSITIVE, help="evaluate only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
+    _compress_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")
@@ -564,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grpo)
 
     _serve_parser(sub)
+    _niah_parser(sub)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write synthetic long-video reasoning samples (mp4 + jsonl)")

@@ -16,6 +16,7 @@ from ..answers import judge
 from ..data.schema import Sample
 from ..errors import VideoError
 from ..model.adapter import VLMAdapter
+from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig
 from ..respond import respond
 from ..video.decode import Frames
@@ -64,6 +65,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
     skip_bad: bool = False,
+    compressor: Compressor | None = None,
 ) -> EvalResult:
     """Greedy-answer every sample and score the extracted letter against the answer. With
     skip_bad, a video that fails to load is skipped and listed in `skipped`; the rest is scored."""
@@ -81,7 +83,7 @@ def evaluate(
             log.warning("skipping an unreadable video: %s", e)
             skipped.append(str(e))
             continue
-        text = respond(adapter, s, frames, 1, config, encode_chunk=encode_chunk)[0]
+        text = respond(adapter, s, frames, 1, config, encode_chunk=encode_chunk, compressor=compressor)[0]
         verdict = judge(text, s.answer, s.options)
         records.append(Record(s.id, s.category, s.answer, verdict.predicted, verdict.correct, text))
     if not records:

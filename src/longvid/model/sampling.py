@@ -79,12 +79,17 @@ def sample(
     generator: torch.Generator | None = None,
     pad_id: int | None = None,
     deepstack: list[torch.Tensor] | None = None,
+    prefilled: tuple[torch.Tensor, object] | None = None,
 ) -> Samples:
     """Decode `num_samples` continuations of one prefix (`[S, D]` embeddings, `[..., S]` positions;
-    `deepstack`: the prefix video's `VisualEmbeds.deepstack`)."""
+    `deepstack`: the prefix video's `VisualEmbeds.deepstack`).
+
+    `prefilled`: (the prefix's last hidden state `[D]`, its KV cache) from a prefill done elsewhere
+    (the compressed windowed prefill); the prefix is then not run again."""
     generators = None if generator is None else [generator]
     return sample_batch(
-        adapter, [(prefix_embeds, prefix_positions)], num_samples, config, generators=generators, pad_id=pad_id, deepstacks=[deepstack]
+        adapter, [(prefix_embeds, prefix_positions)], num_samples, config, generators=generators, pad_id=pad_id, deepstacks=[deepstack],
+        prefilled=[prefilled],
     )[0]
 
 
@@ -98,6 +103,7 @@ def sample_batch(
     generators: Sequence[torch.Generator | None] | None = None,
     pad_id: int | None = None,
     deepstacks: Sequence[list[torch.Tensor] | None] | None = None,
+    prefilled: Sequence[tuple[torch.Tensor, object] | None] | None = None,
 ) -> list[Samples]:
     """Decode `num_samples` continuations of each of B prefixes in one decoding loop of B*G rows.
 
@@ -123,7 +129,7 @@ def sample_batch(
     stop = torch.tensor(adapter.eos_token_ids, device=device)
     pad = int(pad_id if pad_id is not None else stop[0])
     g, rows = num_samples, batch * num_samples
-    logits, cache, key_mask = _prefill(adapter, prefixes, g, deepstacks or [None] * batch)
+    logits, cache, key_mask = _prefill(adapter, prefixes, g, deepstacks or [None] * batch, prefilled or [None] * batch)
     steps = torch.stack([adapter.continuation_positions(p, config.max_new_tokens) for _, p in prefixes], dim=-2)
     steps = steps.repeat_interleave(g, dim=-2)  # [..., B*G, max_new_tokens]
 
@@ -176,16 +182,23 @@ def _prefill(
     prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]],
     repeats: int,
     deepstacks: Sequence[list[torch.Tensor] | None],
+    prefilled: Sequence[tuple[torch.Tensor, Any] | None],
 ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
     """Last-position logits `[B*G, V]`, the KV cache with each prefix's rows repeated G times, and the
-    key mask `[B*G, S_max]` (None when every prefix has the same length, so nothing is padded)."""
+    key mask `[B*G, S_max]` (None when every prefix has the same length, so nothing is padded).
+    A prefix given `prefilled` (last hidden state, cache) is not run again."""
     caches, logits = [], []
-    for (embeds, positions), deepstack in zip(prefixes, deepstacks, strict=True):
-        hidden, cache = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), use_cache=True, deepstack=deepstack)
-        logits.append(adapter.logits(hidden[:, -1]).float())
+    for (embeds, positions), deepstack, done in zip(prefixes, deepstacks, prefilled, strict=True):
+        if done is None:
+            hidden, cache = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), use_cache=True, deepstack=deepstack)
+            last = hidden[:, -1]
+        else:
+            last, cache = done[0][None], done[1]
+        logits.append(adapter.logits(last).float())
         caches.append(cache)
     logits = torch.cat(logits).repeat_interleave(repeats, dim=0)
-    lengths = [embeds.shape[0] for embeds, _ in prefixes]
+    # A compressed prefill caches fewer keys than the prefix has tokens: the cache's length counts.
+    lengths = [cache.get_seq_length() for cache in caches]
     if len(prefixes) == 1:
         if repeats > 1:
             caches[0].batch_repeat_interleave(repeats)
