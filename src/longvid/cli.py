@@ -39,10 +39,11 @@ def _training_set(config, main_rank: bool = True):
 
 
 def _mesh(config):
-    """The process mesh from torchrun's environment (a mesh of one without it)."""
+    """The process mesh from torchrun's environment (a mesh of one without it), on `model.device`."""
     from .parallel.mesh import init_mesh
 
-    return init_mesh(sp=config.parallel.sp, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
+    par = config.parallel
+    return init_mesh(sp=par.sp, ulysses=par.ulysses, ring=par.ring, device=config.model.device)
 
 
 def _run_trainer(make_trainer, config, resume: bool):
@@ -54,7 +55,7 @@ def _run_trainer(make_trainer, config, resume: bool):
 
     mesh = _mesh(config)
     dataset = _training_set(config, mesh.rank == 0)
-    trainer = make_trainer(load_adapter(config.model), dataset, mesh)
+    trainer = make_trainer(load_adapter(config.model, device=mesh.device), dataset, mesh)
     writer = SummaryWriter(str(Path(config.out_dir) / "tb")) if mesh.rank == 0 else None
     history = trainer.train(resume=resume, writer=writer)
     if writer is None:
@@ -63,7 +64,10 @@ def _run_trainer(make_trainer, config, resume: bool):
     return history, dataset
 
 
-PARALLEL_FLAGS = {"sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring"}
+PARALLEL_FLAGS = {
+    "sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring",
+    "device": "model.device", "dtype": "model.dtype",
+}
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -92,7 +96,7 @@ def _checked_data_and_model(args: argparse.Namespace):
 
     data = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=VideoConfig(num_frames=args.frames, size=args.size))
     data.validate_videos()
-    return data, load_adapter(ModelConfig(path=args.model))
+    return data, load_adapter(ModelConfig(path=args.model, device=args.device, dtype=args.dtype))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -169,7 +173,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_flags(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
+                   help="where to compute: auto = this process's GPU (cuda:LOCAL_RANK) if any, else the CPU")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16", "float64"), default=default,
+                   help="model precision: auto = bfloat16 on a GPU, float32 on the CPU")
+
+
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
+    _device_flags(p)
     p.add_argument("--sp", type=int, help="sequence-parallel ranks per sample (under torchrun)")
     p.add_argument("--ulysses", type=int, help="Ulysses (all-to-all) part of --sp; the rest is ring")
     p.add_argument("--ring", type=int, help="ring part of --sp; the rest is Ulysses")
@@ -207,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--limit", type=int, help="evaluate only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
+    _device_flags(p, "auto")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")
@@ -240,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
+    _device_flags(p, "auto")
     p.set_defaults(func=cmd_data_filter)
     return parser
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..device import DTYPES, resolve_device, resolve_dtype
 from ..errors import ConfigError
 from .adapter import Prompt, VideoInputs, VisualEmbeds, VLMAdapter
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def _families() -> dict:
@@ -20,9 +19,16 @@ def _families() -> dict:
     return {"qwen2_5_vl": Qwen25VLAdapter}
 
 
-def load_adapter(config: ModelConfig) -> VLMAdapter:
-    """The tiny embedded default (no download) or a local checkpoint folder."""
-    dtype = DTYPES[config.dtype]
+def load_adapter(config: ModelConfig, device: torch.device | str | None = None) -> VLMAdapter:
+    """The tiny embedded default (no download) or a local checkpoint folder, on `device` (default:
+    `config.device`) in `config.dtype`."""
+    device = resolve_device(device if device is not None else config.device)
+    adapter = _load(config, resolve_dtype(config.dtype, device))
+    adapter.model.to(device)
+    return adapter
+
+
+def _load(config: ModelConfig, dtype: torch.dtype) -> VLMAdapter:
     if config.path is None:
         from .qwen2_5_vl import Qwen25VLAdapter
         from .tiny import build_tiny_model
@@ -42,4 +48,4 @@ def load_adapter(config: ModelConfig) -> VLMAdapter:
     )
 
 
-__all__ = ["Prompt", "VideoInputs", "VisualEmbeds", "VLMAdapter", "load_adapter"]
+__all__ = ["DTYPES", "Prompt", "VideoInputs", "VisualEmbeds", "VLMAdapter", "load_adapter"]

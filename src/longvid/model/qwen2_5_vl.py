@@ -209,6 +209,10 @@ class Qwen25VLAdapter:
     def layers(self) -> dict[str, list[torch.nn.Module]]:
         return {"vision": list(self.hf.model.visual.blocks), "llm": list(self.hf.model.language_model.layers)}
 
+    def entry_modules(self) -> list[torch.nn.Module]:
+        model = self.hf.model
+        return [model.visual, model.get_input_embeddings(), model.language_model, self.hf.lm_head]
+
     # -- text -----------------------------------------------------------------------------------
 
     def build_prompt(self, question: str, visual: VisualEmbeds | int) -> Prompt:

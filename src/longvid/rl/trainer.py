@@ -25,8 +25,8 @@ from ..errors import ConfigError
 from ..inputs import Encoded, question_text
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from ..model.sampling import SamplingConfig
-from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
+from ..parallel.parallelize import parallelize
 from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
 from ..video.synth import SPEC_PREFIX
@@ -131,7 +131,7 @@ class GRPOTrainer(Trainer):
         )
         mesh = self.sp.mesh
         par = config.parallel
-        self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
+        self.ref_sp = parallelize(self.reference, mesh, par, trainable=False) if self.reference else None
         # Without `video_key` a video's identity is a hash of its decoded pixels (decoded every step).
         self.video_key = video_key
         self.rewards = RewardSuite.from_weights(config.rewards)
@@ -203,14 +203,16 @@ class GRPOTrainer(Trainer):
 
         adapter.model.eval()
         groups, videos = [], []
-        for sample in batch:
-            t = time.perf_counter()
-            enc, video = self._encode(sample)
-            videos.append(video)
-            times["encode"] += time.perf_counter() - t
-            t = time.perf_counter()
-            groups.append(rollout_group(adapter, enc, cfg.group_size, cfg.sampling, generator=self.generator))
-            times["rollout"] += time.perf_counter() - t
+        # Whole parameters while ranks decode (and miss the cache) independently: no FSDP collectives.
+        with self.sp.full_parameters():
+            for sample in batch:
+                t = time.perf_counter()
+                enc, video = self._encode(sample)
+                videos.append(video)
+                times["encode"] += time.perf_counter() - t
+                t = time.perf_counter()
+                groups.append(rollout_group(adapter, enc, cfg.group_size, cfg.sampling, generator=self.generator))
+                times["rollout"] += time.perf_counter() - t
 
         t = time.perf_counter()
         g = cfg.group_size
@@ -311,11 +313,16 @@ class GRPOTrainer(Trainer):
         return group_advantages(everything, group_size, "batch")[mine].view(-1, group_size)
 
     def extra_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "encoder_version": self.encoder_version}
+        return {"encoder_version": self.encoder_version}
 
     def load_extra_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
         self.encoder_version = state["encoder_version"]
+
+    def rank_state(self) -> dict:
+        return {"generator": self.generator.get_state()}  # each data-parallel rank samples its own stream
+
+    def load_rank_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
 
 def _mean(values: list[float]) -> float:
