@@ -297,4 +297,6 @@ class Trainer:
                 self.save()
         bar.close()
         self.save()
+        # One plain folder that `from_pretrained` and `longvid eval --model` load (weights gathered, LoRA merged).
+        self.export(Path(cfg.out_dir) / "final")
         return self.history
