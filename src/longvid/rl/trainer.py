@@ -32,8 +32,8 @@ from ..errors import ConfigError
 from ..inputs import Encoded, question_text
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from ..model.sampling import SamplingConfig
-from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
+from ..parallel.parallelize import parallelize
 from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
 from ..video.sources import is_generated
@@ -138,7 +138,7 @@ class GRPOTrainer(Trainer):
         )
         mesh = self.sp.mesh
         par = config.parallel
-        self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
+        self.ref_sp = parallelize(self.reference, mesh, par, trainable=False) if self.reference else None
         # Without `video_key` a video's identity is a hash of its decoded pixels (decoded every step).
         self.video_key = video_key
         self.rewards = RewardSuite.from_weights(config.rewards)
@@ -223,11 +223,13 @@ class GRPOTrainer(Trainer):
         """Encode (or fetch) every prompt's video, then sample all B x G responses in one decode loop."""
         cfg = self.config
         self.adapter.model.eval()
-        with timer("encode"):
-            encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
-        generators = [self._prompt_generator(place) for place, _ in batch]
-        with timer("rollout"):
-            groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
+        # Whole parameters while ranks decode (and miss the cache) independently: no FSDP collectives.
+        with self.sp.full_parameters():
+            with timer("encode"):
+                encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
+            generators = [self._prompt_generator(place) for place, _ in batch]
+            with timer("rollout"):
+                groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
         return groups, list(videos)
 
     def _prompt_generator(self, place: int) -> torch.Generator:
