@@ -74,10 +74,11 @@ def test_training_changes_the_policy_and_kl_grows_from_zero(tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     samples, frames = flash_set(3, num_frames=8)
-    cfg_a = _config(tmp_path / "a", steps=4, rewards={"reward_fns:shorter_is_better": 1.0})
+    # beta > 0: the KL, unlike the on-policy loss value (~0), shows any difference in the weights.
+    cfg_a = _config(tmp_path / "a", steps=4, beta=0.04, rewards={"reward_fns:shorter_is_better": 1.0})
     full = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_a, samples, frames).train()
 
-    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, rewards={"reward_fns:shorter_is_better": 1.0})
+    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, beta=0.04, rewards={"reward_fns:shorter_is_better": 1.0})
     calls = {"n": 0}
 
     def crashing(sample):
@@ -88,9 +89,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, crashing).train()
-    resumed = GRPOTrainer(load_adapter(ModelConfig(seed=7)), cfg_b, samples, frames).train(resume=True)
+    # The same starting model, as a restarted job builds it: the frozen reference is a copy of it (the
+    # policy's weights come from the checkpoint; had they not, step 3 would not match).
+    resumed = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, frames).train(resume=True)
     for a, b in zip(full, resumed, strict=True):
         assert a["reward"] == b["reward"] and a["loss"] == pytest.approx(b["loss"], abs=1e-7)
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-5, abs=1e-9)
+    assert full[-1]["kl"] > 1e-6
 
 
 def test_unfrozen_vision_tower_reencodes_for_the_policy_pass(tmp_path):
