@@ -156,3 +156,18 @@ def test_a_step_whose_groups_are_all_filtered_leaves_the_model_alone(tmp_path):
     (record,) = GRPOTrainer(adapter, cfg, samples, frames).train()
     assert record["groups_kept"] == 0 and record["grad_norm"] == 0.0 and record["time/policy"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in adapter.hf.state_dict().items())
+
+
+def test_several_iterations_reuse_the_rollout_log_probs_as_old_policy(tmp_path):
+    """num_iterations=2: two optimizer steps per batch; the second pass's ratio is against the log-probs
+    stored before the first update, so it moves off 1 and the clip engages (never on one iteration)."""
+    samples, frames = flash_set(2, num_frames=8)
+    cfg = _config(tmp_path, steps=1, num_iterations=2, epsilon_low=0.01, epsilon_high=0.01,
+                  rewards={"reward_fns:shorter_is_better": 1.0}, optim=OptimConfig(lr=5e-2, warmup_steps=0))
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1)), cfg, samples, frames)
+    (record,) = trainer.train()
+    assert trainer.scheduler.last_epoch == 2
+    assert record["clip_fraction"] > 0
+    single = GRPOTrainer(load_adapter(ModelConfig(seed=1)), _config(tmp_path / "one", steps=1, epsilon_low=0.01,
+                         epsilon_high=0.01, rewards={"reward_fns:shorter_is_better": 1.0}), samples, frames)
+    assert single.train()[0]["clip_fraction"] == 0.0
