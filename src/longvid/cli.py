@@ -187,6 +187,10 @@ def _checked_data_and_model(args: argparse.Namespace, new_tokens: int):
     from .model import load_adapter
     from .preflight import check_rows_fit
 
+    from .model.folder import check_model_folder
+
+    if args.model is not None:
+        check_model_folder(args.model, what="--model")  # before any video is read
     video = _inference_video(args)
     data = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=video)
     model = ModelConfig(path=args.model, device=args.device, dtype=args.dtype)  # checks the folder before any video is read

@@ -44,6 +44,15 @@ class LoRAConfig(Validated):
     def validate(self) -> None:
         if self.rank < 0:
             raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank > 0 and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: LoRA would adapt nothing")
+        bad = [t for t in self.target_modules if not t.isidentifier()]
+        if bad:
+            raise ConfigError(f"lora.target_modules: {bad[0]!r} is not a module name (letters, digits, _)")
 
 
 @dataclasses.dataclass
@@ -62,6 +71,13 @@ class OptimConfig(Validated):
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        # A negative clip norm flips the gradients' sign (torch scales by max_norm / norm): training goes uphill.
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"optim.max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
 def apply_trainable(

@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..device import DTYPES, resolve_device, resolve_dtype
 from ..errors import ConfigError
 from .adapter import Prompt, VideoInputs, VisualEmbeds, VLMAdapter
-from .folder import adapter_base, check_model_folder, read_model_meta, resolve_model_path
+from .folder import adapter_base, check_model_folder, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,7 @@ def _load_lora_checkpoint(path: Path, config: ModelConfig) -> VLMAdapter:
     that is a local folder) with the adapter merged in."""
     from peft import PeftModel
 
-    meta = read_model_meta(path) or {}
-    base = meta.get("base_model")
-    if base is None:
-        named = adapter_base(path)
-        if not named or not (Path(named) / "config.json").is_file():
-            raise ConfigError(
-                f"{path} holds only a LoRA adapter, and its base model ({named!r} in adapter_config.json) is not a "
-                "local model folder; merge the adapter into its base, or train with longvid, which records the base"
-            )
-        base = {"path": named}
+    base = adapter_base(path, "model.path")
     base_config = dataclasses.replace(config, path=base.get("path"), seed=int(base.get("seed", config.seed)))
     log.info("%s is a LoRA adapter: loading its base %s and merging it", path, base_config.path or "(tiny default)")
     adapter = load_adapter(base_config)
