@@ -40,7 +40,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def video_spans(self, visual: VisualEmbeds) -> tuple[str, list[int]]:
         gt, gh, gw = (int(v) for v in visual.grid_thw[0])
         if visual.patch_times is None or len(visual.patch_times) != gt:
-            raise ValueError(f"Qwen3-VL writes each temporal patch's time into the prompt; got times {visual.patch_times} for {gt} patches")
+            raise ValueError(
+                f"Qwen3-VL writes each temporal patch's time into the prompt; got {visual.patch_times} for {gt} patches"
+            )
         text = "".join(f"<{t:.1f} seconds>{VIDEO_PLACEHOLDER}" for t in visual.patch_times)
         return text, [gh * gw // self.merge_size**2] * gt
 

@@ -110,7 +110,9 @@ def load_tokenizer():
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
-def tiny_config(tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128, num_layers: int = 4, vision_depth: int = 2):
+def tiny_config(
+    tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128, num_layers: int = 4, vision_depth: int = 2
+):
     """A config of a few million parameters of `family` (a `model_type`) whose token ids match `tokenizer`."""
     import transformers
 
@@ -137,8 +139,8 @@ def tiny_config(tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128
     )
     if family == "qwen3_vl":
         # Interleaved M-RoPE over the head dim; DeepStack from every vision block but the last.
-        text.update(head_dim=hidden_size // num_heads, rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, "mrope_interleaved": True})
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, "mrope_interleaved": True}
+        text.update(head_dim=hidden_size // num_heads, rope_parameters=rope)
         vision = dict(
             depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size,
             patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
@@ -171,7 +173,9 @@ def tiny_config(tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128
     )
 
 
-def build_tiny_model(tokenizer=None, *, family: str = "qwen2_5_vl", seed: int = 0, dtype: torch.dtype = torch.float32, **sizes):
+def build_tiny_model(
+    tokenizer=None, *, family: str = "qwen2_5_vl", seed: int = 0, dtype: torch.dtype = torch.float32, **sizes
+):
     """A freshly initialised tiny model of `family` (deterministic given `seed`)."""
     import transformers
 

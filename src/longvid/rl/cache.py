@@ -54,7 +54,7 @@ class EmbeddingCache:
 
     @staticmethod
     def _size(value: VisualEmbeds) -> int:
-        return value.embeds.numel() * value.embeds.element_size()
+        return value.nbytes  # DeepStack layers included
 
     def get_or_encode(
         self, key: CacheKey, encode: Callable[[], VisualEmbeds], device: torch.device | None = None
