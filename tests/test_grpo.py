@@ -175,7 +175,7 @@ K3 = [math.exp(-0.5) + 0.5 - 1, math.e - 2]
 def test_kl_penalty_without_correction():
     logp = torch.tensor(KL_LOGP, dtype=torch.float64, requires_grad=True)
     old = torch.tensor([[-1.2, -2.0]], dtype=torch.float64)  # log-ratios 0.2, 0: ignored here
-    loss, metrics = grpo_loss(logp, old, KL_REF, torch.zeros(1), torch.ones(1, 2), beta=0.1)
+    loss, metrics = grpo_loss(logp, old, KL_REF, torch.zeros(1), torch.ones(1, 2), beta=0.1, kl_ratio_correction=False)
     assert loss.item() == pytest.approx(0.1 * (K3[0] + K3[1]) / 2, rel=1e-9)
     assert metrics["kl"].item() == pytest.approx((K3[0] + K3[1]) / 2, rel=1e-9)
     loss.backward()
@@ -244,7 +244,7 @@ def test_k3_clamp_bounds_the_penalty():
     ref = torch.tensor([[-1.0]], dtype=torch.float64)  # d = 5: k3 = e^5 - 6 = 142.4
     loss, _ = grpo_loss(logp, None, ref, torch.zeros(1), torch.ones(1, 1), beta=1.0)
     assert loss.item() == pytest.approx(math.exp(5) - 6)
-    loss, _ = grpo_loss(logp, None, ref, torch.zeros(1), torch.ones(1, 1), beta=1.0, k3_clamp=10.0)
+    loss, _ = grpo_loss(logp, None, ref, torch.zeros(1), torch.ones(1, 1), beta=1.0, k3_clamp=10.0, kl_ratio_correction=False)
     assert loss.item() == 10.0
     loss.backward()
     assert logp.grad.item() == 0.0
@@ -334,3 +334,17 @@ def test_loss_shape_errors():
         grpo_loss(logp, old[:, :2], None, ADV, MASK)
     with pytest.raises(ValueError, match="mask"):
         grpo_loss(logp, old, None, ADV, MASK[:, :2])
+
+
+def test_the_kl_ratio_correction_default_is_trls():
+    """TRL 1.16 multiplies k3 by the ratio by default (`use_bias_correction_kl=True`, PR #6503; it was
+    False through 1.9): so do `grpo_loss` and `GRPOConfig`. Checked against the installed TRL."""
+    import dataclasses
+    import inspect
+
+    trl = pytest.importorskip("trl")
+    from longvid.rl.trainer import GRPOConfig
+
+    trl_default = next(f.default for f in dataclasses.fields(trl.GRPOConfig) if f.name == "use_bias_correction_kl")
+    assert inspect.signature(grpo_loss).parameters["kl_ratio_correction"].default is trl_default
+    assert next(f.default for f in dataclasses.fields(GRPOConfig) if f.name == "kl_ratio_correction") is trl_default

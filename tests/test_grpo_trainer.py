@@ -127,3 +127,27 @@ def test_lora_policy_with_the_adapter_disabled_as_reference(tmp_path):
         key = k.replace(".base_layer", "")
         if "lora_" not in k and key in base:
             assert torch.equal(v, base[key]), k
+
+
+def test_prompts_of_different_lengths_roll_out_in_one_batch_with_zero_drift(tmp_path):
+    """The batched rollout left-pads the shorter prompt; training sees each prompt alone: same log-probs."""
+    from helpers import flash_sample
+
+    pairs = [flash_sample(0, num_frames=8), flash_sample(1, num_frames=16)]
+    frames = {s.id: f for s, f in pairs}
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1)), _config(tmp_path, steps=1), [s for s, _ in pairs],
+                          lambda s: frames[s.id])
+    lengths = {len(trainer._encode(s)[0].prompt) for s, _ in pairs}
+    assert len(lengths) == 2
+    (record,) = trainer.train()
+    assert record["drift_max"] < 1e-4
+
+
+def test_a_step_whose_groups_are_all_filtered_leaves_the_model_alone(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=1))
+    before = {k: v.clone() for k, v in adapter.hf.state_dict().items()}
+    cfg = _config(tmp_path, steps=1, filter_groups=True, rewards={"reward_fns:always_one": 1.0})
+    (record,) = GRPOTrainer(adapter, cfg, samples, frames).train()
+    assert record["groups_kept"] == 0 and record["grad_norm"] == 0.0 and record["time/policy"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in adapter.hf.state_dict().items())

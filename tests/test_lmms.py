@@ -161,10 +161,44 @@ def test_loglikelihood_marks_the_greedy_continuation(api, video):
     assert lp_other == pytest.approx(total, abs=1e-4)
 
 
+def _checkpoint(folder, summary_window=None):
+    from longvid.config import ModelConfig
+    from longvid.model import load_adapter
+    from longvid.model.compress import SummaryTokens
+
+    adapter = load_adapter(ModelConfig())
+    adapter.save_pretrained(folder)
+    if summary_window:
+        SummaryTokens.from_adapter(adapter, ratios=[2], window=summary_window).save(folder)
+    return folder
+
+
+def test_compress_ratio_answers_with_the_trained_summary_tokens(api, video, tmp_path):
+    from longvid.model import load_adapter
+    from longvid.config import ModelConfig
+    from longvid.model.compress import Compressor, SummaryTokens
+
+    plugin, Instance, _ = api
+    ckpt = _checkpoint(tmp_path / "ckpt", summary_window=4)
+    model = _model(plugin, video, f"pretrained={ckpt},frames=4,size=56,compress_ratio=2")
+    assert model.compressor is not None and model.compressor.ratio == 2
+    context = "What happens?"
+    out = model.generate_until([_request(Instance, "generate_until", context, {"max_new_tokens": 5})])
+    adapter = load_adapter(ModelConfig(path=str(ckpt)))
+    compressor = Compressor(SummaryTokens.load(ckpt, adapter).attach(adapter), 2)
+    frames = decode(video, num_frames=4, size=(56, 56))
+    config = SamplingConfig(max_new_tokens=5, temperature=0)
+    assert out == respond_to_prompt(adapter, context, frames, 1, config, compressor=compressor)
+    with pytest.raises(ConfigError, match="loglikelihood with compress_ratio"):
+        model.loglikelihood([_request(Instance, "loglikelihood", context, " A")])
+
+
 def test_bad_model_args_and_videos_are_refused(api, video, tmp_path):
     plugin, Instance, _ = api
-    with pytest.raises(ConfigError, match="compress_ratio=4.0: visual-summary compression is not supported"):
+    with pytest.raises(ConfigError, match="compress_ratio=4 needs pretrained=CKPT"):
         plugin.LongvidLMM.create_from_arg_string("frames=4,compress_ratio=4")
+    with pytest.raises(ConfigError, match="no summary-token parameters"):
+        plugin.LongvidLMM.create_from_arg_string(f"pretrained={_checkpoint(tmp_path / 'plain')},compress_ratio=4")
     with pytest.raises(ConfigError, match="unknown longvid model_args: colour"):
         plugin.LongvidLMM.create_from_arg_string("frames=4,colour=red")
     model = _model(plugin, video, f"frames=4,size=56,video_root={tmp_path}")

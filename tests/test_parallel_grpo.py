@@ -42,3 +42,46 @@ def test_packed_policy_pass_is_exact_under_sp(world, mode, layout):
         assert grads.keys() == ref_grads.keys()
         for name in ref_grads:
             torch.testing.assert_close(torch.tensor(grads[name]), torch.tensor(ref_grads[name]), atol=1e-9, rtol=1e-9, msg=name)
+
+
+def _filtered_grpo(rank, world, out_dir, batch_size):
+    """GRPO on flash-0 (always filtered) and flash-1 (kept); returns the history and the LLM weights."""
+    from helpers import flash_set
+    from longvid.config import VideoConfig
+    from longvid.parallel.mesh import Mesh, init_mesh
+    from longvid.rl.trainer import GRPOConfig, GRPOTrainer
+    from longvid.training import OptimConfig
+
+    mesh = init_mesh() if world > 1 else Mesh.single()
+    samples, frames = flash_set(2, num_frames=8)
+    adapter = load_adapter(ModelConfig(seed=3, dtype="float64"))
+    cfg = GRPOConfig(train=__file__, out_dir=out_dir, steps=2, batch_size=batch_size, group_size=4, max_new_tokens=6,
+                     filter_groups=True, rewards={"reward_fns:flat_for_flash_0": 1.0}, progress=False, log_every=0,
+                     video=VideoConfig(num_frames=8), optim=OptimConfig(lr=1e-2, warmup_steps=0))
+    with exact_float64_norms():
+        history = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh).train()
+    # numpy, not tensors: results travel back pickled by value
+    weights = {n: p.detach().numpy().copy() for n, p in adapter.hf.named_parameters() if "language_model" in n or "lm_head" in n}
+    return history, weights
+
+
+def test_dp_grpo_where_one_rank_keeps_no_group_equals_one_process(tmp_path):
+    """Crash 2: with filter_groups a rank whose groups are all dropped still joins every collective.
+    DP=2 with one prompt per rank equals one process with both prompts: same rollouts (the random
+    stream is per place in the global batch), same kept group, same update (float64)."""
+    single_history, single = _filtered_grpo(0, 1, str(tmp_path / "single"), 2)
+    ranks = run_ranks(_filtered_grpo, 2, str(tmp_path / "dp"), 1, timeout=600)
+    for step in range(2):
+        kept = sorted(history[step]["groups_kept"] for history, _ in ranks)
+        assert kept == [0, 1], f"step {step}: each step one rank keeps nothing, got {kept}"
+        assert single_history[step]["groups_kept"] == 1
+        assert all(h[step]["groups_kept_all_ranks"] == 1 for h, _ in ranks)
+        rewards = [h[step]["reward"] for h, _ in ranks]
+        assert single_history[step]["reward"] == pytest.approx(sum(rewards) / 2, abs=1e-12)
+        assert single_history[step]["grad_norm"] > 0
+    initial = load_adapter(ModelConfig(seed=3, dtype="float64")).hf.state_dict()
+    assert any(not torch.equal(torch.from_numpy(single[n]), initial[n]) for n in single)  # the update is real
+    for _, weights in ranks:
+        assert weights.keys() == single.keys()
+        for name, value in single.items():
+            torch.testing.assert_close(torch.from_numpy(weights[name]), torch.from_numpy(value), atol=1e-12, rtol=0, msg=name)

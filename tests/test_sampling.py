@@ -108,3 +108,63 @@ def test_cached_sampling_equals_an_uncached_reference_loop(setup):
     for g in range(3):
         n = int(cached.lengths[g])
         assert cached.tokens[g, :n].tolist() == reference[g, :n].tolist()
+
+
+def _prefixes(adapter, frame_counts):
+    """Prefixes of different videos and different lengths (more frames, more visual tokens)."""
+    out = []
+    for i, n in enumerate(frame_counts):
+        frames = np.random.default_rng(10 + i).integers(0, 256, size=(n, 56, 56, 3), dtype=np.uint8)
+        with torch.no_grad():
+            visual = adapter.encode(adapter.preprocess(frames, np.arange(n) * 0.5))
+        out.append(adapter.prefix_inputs(adapter.build_prompt(f"Question {i}: what moves?", visual), visual))
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("cfg", [SamplingConfig(max_new_tokens=10, temperature=0),
+                                 SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=40, top_p=0.95)],
+                         ids=["greedy", "sampled"])
+def test_batched_sampling_equals_one_prompt_at_a_time(dtype, tol, cfg):
+    from longvid.model.sampling import sample_batch
+
+    model, tok = build_tiny_model(seed=5, dtype=dtype)
+    adapter = Qwen25VLAdapter(model.eval(), tok)
+    prefixes = _prefixes(adapter, (6, 14, 10))
+    assert len({e.shape[0] for e, _ in prefixes}) == 3  # three lengths: the batched path pads
+    batched = sample_batch(adapter, prefixes, 4, cfg, generators=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    for (embeds, pos), seed, got in zip(prefixes, (1, 2, 3), batched, strict=True):
+        one = sample(adapter, embeds, pos, 4, cfg, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(got.tokens, one.tokens)
+        assert torch.equal(got.lengths, one.lengths) and torch.equal(got.finished, one.finished)
+        torch.testing.assert_close(got.logprobs, one.logprobs, atol=tol, rtol=0)
+    if not cfg.greedy:  # sampling really is random here: the prompts' groups are not all alike
+        assert any(not torch.equal(s.tokens[0], s.tokens[1]) for s in batched)
+
+
+def test_batched_sampling_stops_each_prompt_on_its_own():
+    """A prompt whose rows all stop early keeps its own width and stops drawing random numbers."""
+    from longvid.model.sampling import sample_batch
+
+    model, tok = build_tiny_model(seed=5)
+    adapter = Qwen25VLAdapter(model.eval(), tok)
+    prefixes = _prefixes(adapter, (6, 10))
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0)
+    first = [int(sample(adapter, e, p, 1, greedy).tokens[0, 0]) for e, p in prefixes]
+
+    class StopOnFirst(Qwen25VLAdapter):  # prompt 0's greedy first token is a stop token
+        @property
+        def eos_token_ids(self):
+            return [first[0]]
+
+    stopping = StopOnFirst(model, tok)
+    out = sample_batch(stopping, prefixes, 2, greedy)
+    assert out[0].tokens.shape == (2, 1) and out[0].lengths.tolist() == [1, 1] and out[0].finished.all()
+    if first[1] != first[0]:
+        assert out[1].tokens.shape[1] > 1
+    sampled = SamplingConfig(max_new_tokens=6, temperature=1e-4)  # ~greedy, but draws random numbers
+    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    sample_batch(stopping, prefixes, 2, sampled, generators=gens)
+    fresh = torch.Generator().manual_seed(0)
+    torch.multinomial(torch.ones(2, model.lm_head.out_features), 1, generator=fresh)  # one draw: the only step of prompt 0
+    assert torch.equal(gens[0].get_state(), fresh.get_state())

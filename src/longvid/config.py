@@ -7,6 +7,7 @@ key, raised before any heavy work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import ConfigError
+from .video.decode import MAX_FRAMES
 
 T = TypeVar("T")
 
@@ -56,6 +58,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """YAML file (optional) then `key.sub=value` overrides (values parsed as YAML scalars)."""
+    return from_dict(cls, config_data(path, overrides))
+
+
+def config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw nested dict a YAML file and `key.sub=value` overrides spell, before typing."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -65,6 +72,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got a {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
@@ -75,8 +86,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    return from_dict(cls, data)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+    return data
 
 
 def _join(where: str, key: str) -> str:
@@ -117,9 +131,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float and isinstance(value, str):
         # YAML 1.1 reads "1e-4" as a string.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # .inf and .nan are valid YAML floats, and no longvid setting means anything with them.
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if hint in (int, float, str, bool):
         if isinstance(value, bool) and hint is not bool:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
@@ -140,8 +157,10 @@ class ModelConfig(Validated):
     seed: int = 0  # initialisation of the tiny default
 
     def validate(self) -> None:
-        if self.path is not None and not (Path(self.path) / "config.json").is_file():
-            raise ConfigError(f"model.path: {self.path} is not a model folder (no config.json)")
+        if self.path is not None:
+            from .model.folder import check_model_folder
+
+            check_model_folder(self.path, what="model.path")
 
 
 @dataclasses.dataclass
@@ -157,12 +176,21 @@ class VideoConfig(Validated):
     def validate(self) -> None:
         if self.num_frames is None and self.fps is None:
             raise ConfigError("video: set num_frames or fps")
+        if self.num_frames is not None and self.fps is not None:
+            raise ConfigError(
+                f"video.num_frames={self.num_frames} and video.fps={self.fps} are both set: sample by one of them "
+                "(e.g. --set video.num_frames=null to sample by fps)"
+            )
         if self.num_frames is not None and self.num_frames <= 0:
             raise ConfigError(f"video.num_frames must be > 0, got {self.num_frames}")
         if self.fps is not None and self.fps <= 0:
             raise ConfigError(f"video.fps must be > 0, got {self.fps}")
-        if self.max_frames <= 0:
-            raise ConfigError(f"video.max_frames must be > 0, got {self.max_frames}")
+        if not 0 < self.max_frames <= MAX_FRAMES:
+            raise ConfigError(f"video.max_frames must be in 1..{MAX_FRAMES}, got {self.max_frames}")
+        if self.num_frames is not None and self.num_frames > MAX_FRAMES:
+            raise ConfigError(f"video.num_frames must be <= {MAX_FRAMES}, got {self.num_frames}")
+        if self.encode_chunk is not None and self.encode_chunk <= 0:
+            raise ConfigError(f"video.encode_chunk must be > 0 (or null for one call), got {self.encode_chunk}")
         if self.size is not None and (self.size < 28 or self.size > 4096):
             raise ConfigError(f"video.size must be between 28 and 4096 pixels, got {self.size}")
 

@@ -95,3 +95,16 @@ def prepared_mask(mask_fn: MaskFn, length: int, device: torch.device):
     if device.type == "cuda":
         return block_mask(mask_fn, length, length, device=device)
     return dense_mask(mask_fn, length, length, device=device)[None, None]
+
+
+def visual_summary(kind: torch.Tensor, window_id: torch.Tensor) -> MaskFn:
+    """Visual summary tokens (Video-XL): causal, except that a raw visual token (`kind == 1`) is
+    visible only to tokens of its own window (`window_id`). Every token thus sees the text before
+    the video and the summary tokens (`kind == 2`) of earlier windows; text after the video
+    (`window_id == -1`) sees text and summaries, never a raw visual token. Compose with
+    `shared_prefix` through `and_masks` for packed GRPO passes (pad `kind`/`window_id` over them)."""
+
+    def mask_fn(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (kv_idx <= q_idx) & ((kind[kv_idx] != 1) | (window_id[kv_idx] == window_id[q_idx]))
+
+    return mask_fn

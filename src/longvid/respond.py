@@ -12,6 +12,7 @@ import torch
 from .data.schema import Sample
 from .inputs import encode_sample
 from .model.adapter import Prompt, VisualEmbeds, VLMAdapter
+from .model.compress import Compressor
 from .model.sampling import SamplingConfig, sample
 from .video.decode import Frames
 
@@ -23,9 +24,13 @@ def _sample_texts(
     num_responses: int,
     config: SamplingConfig,
     generator: torch.Generator | None,
+    compressor: Compressor | None,
 ) -> list[str]:
     embeds, positions = adapter.prefix_inputs(prompt, visual)
-    out = sample(adapter, embeds, positions, num_responses, config, generator=generator)
+    if compressor is not None:
+        out = compressor.sample(adapter, prompt, embeds, positions, num_responses, config, generator=generator)
+    else:
+        out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=visual.deepstack)
     return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
 
 
@@ -39,10 +44,12 @@ def respond(
     *,
     encode_chunk: int | None = None,
     generator: torch.Generator | None = None,
+    compressor: Compressor | None = None,
 ) -> list[str]:
-    """`num_responses` decoded answers to one question."""
+    """`num_responses` decoded answers to one question (with `compressor`, the video is prefilled
+    window by window into visual summary tokens)."""
     enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
-    return _sample_texts(adapter, enc.prompt, enc.visual, num_responses, config, generator)
+    return _sample_texts(adapter, enc.prompt, enc.visual, num_responses, config, generator, compressor)
 
 
 @torch.no_grad()
@@ -55,7 +62,9 @@ def respond_to_prompt(
     *,
     encode_chunk: int | None = None,
     generator: torch.Generator | None = None,
+    compressor: Compressor | None = None,
 ) -> list[str]:
     """`num_responses` decoded answers to a user turn `text` about the video."""
     visual = adapter.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=encode_chunk)
-    return _sample_texts(adapter, adapter.build_prompt(text, visual), visual, num_responses, config, generator)
+    prompt = adapter.build_prompt(text, visual)
+    return _sample_texts(adapter, prompt, visual, num_responses, config, generator, compressor)

@@ -17,6 +17,8 @@ from .errors import ConfigError
 from .model.adapter import VLMAdapter
 from .parallel.apply import SequenceParallel
 from .parallel.mesh import Mesh
+from .preempt import Preempted, stops_on_signal
+from .runs import checkpoint_meta
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,8 @@ class Trainer:
                 "history": self.history,
                 **self.extra_state(),
             }
-            path = save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state)
+            meta = checkpoint_meta(self.config, self.name)
+            path = save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state, meta=meta)
         self.sp.barrier()
         return path
 
@@ -225,6 +228,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError
 
+    @stops_on_signal
     def train(self, *, resume: bool = False, writer=None) -> list[dict[str, float]]:
         cfg = self.config
         if resume and not self.resume():
@@ -241,6 +245,9 @@ class Trainer:
                         writer.add_scalar(f"{self.name}/{key}", value, self.step)
             if cfg.log_every and self.step % cfg.log_every == 0:
                 log.info("%s step %d: %s", self.name, self.step, ", ".join(f"{k} {record[k]:.4g}" for k in self.postfix_keys))
+            if self.stop.agreed(self.sp.mesh, self.adapter.device) and self.step < cfg.steps:
+                bar.close()
+                raise Preempted(self.step, self.save())
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
         bar.close()

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import DataError, VideoError
-from ..video.decode import Frames, check_sampling, decode, probe, sample_frames
+from ..video.decode import Frames, check_sampling, decode, sample_frames, verify
 from ..video.sources import source_for, unregistered_hint
 from .schema import Sample
 
@@ -244,14 +244,30 @@ class VideoDataset(Dataset):
             return sample.video
         return video_identity(resolve_video(sample.video, self.root))
 
+    def with_sampling(self, video: VideoConfig, samples: Sequence[Sample] | None = None) -> VideoDataset:
+        """The same rows (or the given subset of them), sampled as `video` says."""
+        samples = self.samples if samples is None else list(samples)
+        return VideoDataset(
+            samples, root=self.root, origins=[self._origin[s.id] for s in samples], video=video, skip_bad=self.skip_bad
+        )
+
+    def origin(self, sample: Sample) -> str:
+        """Where the row came from, as `file:line`."""
+        file, line = self._origin[sample.id]
+        return f"{file}:{line}"
+
     def validate_videos(self, *, full: bool = False, progress: bool = True) -> list[BadRow]:
-        """Check every video up front: probe its header, or with full=True load it as training will.
+        """Check every video up front: read its header and every packet (`verify`: catches
+        truncated files, faststart ones too, without decoding), or with full=True load it as
+        training will. Videos with fewer frames than `num_frames` are counted in one log line.
 
         Bad videos raise VideoError listing them, or with skip_bad are dropped from the dataset,
         added to `bad` and returned.
         """
         found: list[BadRow] = []
         keep: list[Sample] = []
+        short = 0
+        wanted = self.sampling["num_frames"]
         for sample in tqdm(self.samples, desc="checking videos", disable=not progress):
             try:
                 if full:
@@ -259,11 +275,17 @@ class VideoDataset(Dataset):
                 elif (source := source_for(sample.video)) is not None:
                     source.check(sample.video)
                 else:
-                    probe(resolve_video(sample.video, self.root))
+                    info = verify(resolve_video(sample.video, self.root))
+                    short += wanted is not None and info.num_frames < wanted
             except (VideoError, ValueError) as e:
                 found.append(self._bad_row(sample, e))
             else:
                 keep.append(sample)
+        if short:
+            log.warning(
+                "%d of %d videos have fewer than num_frames=%d frames: each gives all the frames it has",
+                short, len(self.samples), wanted,
+            )
         if found and not self.skip_bad:
             listed = "\n".join(str(b) for b in found[:5])
             raise VideoError(f"{len(found)} of {len(self.samples)} videos are unreadable:\n{listed}")

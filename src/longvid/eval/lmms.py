@@ -13,7 +13,8 @@ list of visual paths per request). `model_args` (comma-separated `key=value`):
 - `max_new_tokens` (256) unless the task's generation kwargs say otherwise; `dtype`, `device`,
   `attn_implementation`, `trust_remote_code`;
 - `video_root`: when set, every video path must resolve inside it;
-- `compress_ratio`: visual-summary compression at this ratio (refused until compression lands).
+- `compress_ratio`: visual-summary compression at this ratio, with the summary tokens trained
+  beside `pretrained` (`generate_until` only).
 
 `generate_until` decodes greedily (or samples when the task sets `do_sample`/`temperature`) and
 cuts the text at the task's `until` strings; `loglikelihood` scores a continuation in one forward
@@ -35,6 +36,7 @@ from ..errors import ConfigError, VideoError
 from ..inputs import with_response
 from ..model import load_adapter
 from ..model.common import token_logprobs
+from ..model.compress import Compressor, SummaryTokens
 from ..model.sampling import SamplingConfig
 from ..respond import respond_to_prompt
 from ..video.decode import Frames, check_sampling, decode
@@ -51,12 +53,14 @@ def manifest():
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.LongvidLMM")
 
 
-def apply_compression(adapter: Any, ratio: float) -> None:
-    """Where `compress_ratio` will switch on visual-summary compression (model/compress.py)."""
-    raise ConfigError(
-        f"compress_ratio={ratio}: visual-summary compression is not supported by longvid yet; "
-        "leave compress_ratio out to evaluate uncompressed"
-    )
+def compressor_for(adapter: Any, pretrained: str | None, ratio: int) -> Compressor | None:
+    """Visual-summary compression at `ratio` with the summary tokens trained beside `pretrained`
+    (`summary_tokens.safetensors`); None at ratio 1."""
+    if ratio == 1:
+        return None
+    if pretrained is None:
+        raise ConfigError(f"compress_ratio={ratio} needs pretrained=CKPT trained with compression (summary tokens)")
+    return Compressor(SummaryTokens.load(pretrained, adapter).attach(adapter), ratio)
 
 
 def _optional(value: Any, kind: type) -> Any:
@@ -86,7 +90,7 @@ class LongvidLMM(lmms):
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         video_root: str | None = None,
-        compress_ratio: float | None = None,
+        compress_ratio: int | None = None,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
         **unknown: Any,
@@ -121,8 +125,7 @@ class LongvidLMM(lmms):
         if device:
             self.adapter.model.to(device)
         self.adapter.model.eval()
-        if _optional(compress_ratio, float) is not None:
-            apply_compression(self.adapter, float(compress_ratio))
+        self.compressor = compressor_for(self.adapter, path, _optional(compress_ratio, int) or 1)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -162,7 +165,8 @@ class LongvidLMM(lmms):
         for request in requests:
             (context, gen_kwargs), _, frames = self._unpack(request)
             gen_kwargs = dict(gen_kwargs or {})
-            text = respond_to_prompt(self.adapter, context, frames, 1, self._config(gen_kwargs))[0]
+            config = self._config(gen_kwargs)
+            text = respond_to_prompt(self.adapter, context, frames, 1, config, compressor=self.compressor)[0]
             until = gen_kwargs.get("until") or []
             for stop in [until] if isinstance(until, str) else until:
                 if stop:
@@ -172,6 +176,8 @@ class LongvidLMM(lmms):
 
     @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        if self.compressor is not None:
+            raise ConfigError("loglikelihood with compress_ratio is not supported (generate_until is)")
         out = []
         for request in requests:
             (context, target), doc, frames = self._unpack(request)

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from ..answers import judge
 from ..data.schema import Sample
+from ..errors import VideoError
 from ..model.adapter import VLMAdapter
+from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig
 from ..respond import respond
 from ..video.decode import Frames
@@ -39,6 +41,7 @@ class EvalResult:
     chance: float
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
     num_frames: int | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable videos skipped with skip_bad, file:line: why
 
     def summary(self) -> dict:
         return {
@@ -47,6 +50,7 @@ class EvalResult:
             "num_samples": len(self.records),
             "num_frames": self.num_frames,
             "per_category": self.per_category,
+            "skipped": self.skipped,
         }
 
 
@@ -60,18 +64,33 @@ def evaluate(
     encode_chunk: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    skip_bad: bool = False,
+    compressor: Compressor | None = None,
 ) -> EvalResult:
-    """Greedy-answer every sample and grade it (`answers.judge`: letter, number or text)."""
+    """Greedy-answer every sample and score the extracted letter against the answer. With
+    skip_bad, a video that fails to load is skipped and listed in `skipped`; the rest is scored."""
     if not samples:
         raise ValueError("nothing to evaluate: the evaluation set is empty")
     adapter.model.eval()
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
-    records = []
+    records, skipped = [], []
     for s in tqdm(samples, desc=desc, disable=not progress, dynamic_ncols=True):
-        text = respond(adapter, s, load_frames(s), 1, config, encode_chunk=encode_chunk)[0]
+        try:
+            frames = load_frames(s)
+        except VideoError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping an unreadable video: %s", e)
+            skipped.append(str(e))
+            continue
+        text = respond(adapter, s, frames, 1, config, encode_chunk=encode_chunk, compressor=compressor)[0]
         verdict = judge(text, s.answer, s.options)
         records.append(Record(s.id, s.category, s.answer, verdict.predicted, verdict.correct, text))
-    return score(records, samples)
+    if not records:
+        raise VideoError(f"no video could be loaded ({len(skipped)} skipped); first: {skipped[0]}")
+    result = score(records, samples)
+    result.skipped = skipped
+    return result
 
 
 def score(records: list[Record], samples: list[Sample]) -> EvalResult:

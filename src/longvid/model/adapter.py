@@ -19,11 +19,17 @@ import torch
 
 @dataclass
 class VideoInputs:
-    """Model-ready pixels of one video (for Qwen2.5-VL: flattened patches and their grid)."""
+    """Model-ready pixels of one video (for Qwen: flattened patches and their grid)."""
 
     pixel_values: torch.Tensor
     grid_thw: torch.Tensor  # [1, 3] temporal, height, width in patches
     seconds_per_grid: float  # seconds spanned by one temporal patch
+    # Time (s) of each temporal patch, for families that write timestamps into the prompt (Qwen3-VL).
+    patch_times: tuple[float, ...] | None = None
+
+    def embedded(self, embeds: torch.Tensor, deepstack: list[torch.Tensor] | None = None) -> "VisualEmbeds":
+        """This video's encoder output, carrying what is needed to place it."""
+        return VisualEmbeds(embeds, self.grid_thw.clone(), self.seconds_per_grid, deepstack, self.patch_times)
 
 
 @dataclass
@@ -33,21 +39,36 @@ class VisualEmbeds:
     embeds: torch.Tensor  # [N_vis, D]
     grid_thw: torch.Tensor  # [1, 3]
     seconds_per_grid: float
+    # Per-LLM-layer features of the same N_vis tokens, added to the hidden states after those
+    # layers (Qwen3-VL's DeepStack); None for families without them.
+    deepstack: list[torch.Tensor] | None = None
+    patch_times: tuple[float, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
         return self.embeds.shape[0]
 
+    def _map(self, fn) -> "VisualEmbeds":
+        deepstack = None if self.deepstack is None else [fn(d) for d in self.deepstack]
+        return VisualEmbeds(fn(self.embeds), self.grid_thw, self.seconds_per_grid, deepstack, self.patch_times)
+
     def detach(self) -> "VisualEmbeds":
-        return VisualEmbeds(self.embeds.detach(), self.grid_thw, self.seconds_per_grid)
+        return self._map(torch.Tensor.detach)
 
     def to(self, *args: Any, **kwargs: Any) -> "VisualEmbeds":
-        return VisualEmbeds(self.embeds.to(*args, **kwargs), self.grid_thw, self.seconds_per_grid)
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.embeds] + list(self.deepstack or [])
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass
 class Prompt:
-    """Token ids with the span where the visual embeddings go."""
+    """Token ids and where the visual embeddings go: any number of spans (several videos, or one
+    video split into timestamped frame groups); the `True` entries of `visual_mask` take the visual
+    tokens in order."""
 
     input_ids: torch.Tensor  # [S] long
     visual_mask: torch.Tensor  # [S] bool
@@ -57,10 +78,18 @@ class Prompt:
 
 
 class VLMAdapter(Protocol):
-    """What longvid needs from a vision-language model."""
+    """What longvid needs from a vision-language model. Everything the rest of the tree calls on an
+    adapter is declared here (tests/test_families.py checks every family implements all of it)."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # what is trained and checkpointed (the HF model, or peft around it)
     tokenizer: Any
+
+    @classmethod
+    def from_pretrained(cls, path: Any, **kwargs: Any) -> "VLMAdapter":
+        """Load a local checkpoint folder (`save_pretrained` layout, safetensors)."""
+
+    def save_pretrained(self, path: Any) -> None:
+        """Write the model and tokenizer so `from_pretrained` gives an identical adapter."""
 
     @property
     def eos_token_ids(self) -> list[int]: ...
@@ -70,6 +99,7 @@ class VLMAdapter(Protocol):
 
     hidden_size: int
     attention_heads: tuple[int, int]  # (query heads, key/value heads) of the language model
+    deepstack_layers: int  # how many per-layer feature tensors `encode` returns (0: none)
 
     def visual_token_count(self, temporal: int, height: int, width: int) -> int:
         """LLM tokens of a video with this patch grid."""
@@ -78,7 +108,7 @@ class VLMAdapter(Protocol):
         """Context manager: the language model uses attention implementation `name` inside it."""
 
     def preprocess(self, pixels: torch.Tensor | Any, timestamps: Any) -> VideoInputs:
-        """uint8 frames `[T, H, W, 3]` and their timestamps → model-ready pixels."""
+        """uint8 frames `[T, H, W, 3]` and their timestamps (seconds, or None) → model-ready pixels."""
 
     def encode(self, video: VideoInputs, *, chunk_patches: int | None = None) -> VisualEmbeds:
         """Run the vision tower (with gradients if its parameters require them); with
@@ -107,18 +137,22 @@ class VLMAdapter(Protocol):
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         """Text of generated token ids (special tokens dropped)."""
 
-    def build_prompt(self, question: str, visual: VisualEmbeds) -> Prompt:
-        """Chat-template the question with the video and a generation prompt."""
+    def build_prompt(self, question: str, visual: VisualEmbeds | list[VisualEmbeds]) -> Prompt:
+        """Chat-template the question with the video(s) before it and a generation prompt."""
 
     def response_ids(self, text: str) -> torch.Tensor:
         """Token ids of an assistant response, ending with the end-of-turn token."""
 
-    def prefix_inputs(self, prompt: Prompt, visual: VisualEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_inputs(
+        self, prompt: Prompt, visual: VisualEmbeds | list[VisualEmbeds]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`inputs_embeds [S, D]` with the visual embeddings spliced in, and the positions `[..., S]`.
 
         Positions are opaque to family-neutral code except for one rule: their LAST dimension is the
-        sequence (Qwen's 3-D rotary ids are `[3, S]`). Callers concatenate them along dim -1, index
-        them as `positions[..., idx]`, and add the batch dimension as `positions.unsqueeze(-2)`."""
+        sequence (Qwen's 3-D rotary ids are `[3, S]`; Qwen3-VL adds a row that says which visual
+        token each position holds). Callers concatenate them along dim -1, index them as
+        `positions[..., idx]`, shard them along dim -1, and add the batch dimension as
+        `positions.unsqueeze(-2)`."""
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Text token embeddings `[..., D]`."""
@@ -133,11 +167,15 @@ class VLMAdapter(Protocol):
         attention_mask: torch.Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        *,
+        deepstack: list[torch.Tensor] | None = None,
         **attention_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
         """Final hidden states `[B, S, D]` (and the updated KV cache, a transformers `Cache`) for
-        positions `[..., B, S]`; `attention_kwargs` reach every
-        attention call (e.g. `sharded_mask` for sequence parallelism)."""
+        positions `[..., B, S]`. `deepstack` is `VisualEmbeds.deepstack` of the visual tokens the
+        positions refer to (required by families that have it whenever the input holds visual
+        tokens; any shard of the sequence may be passed with the whole list). `attention_kwargs`
+        reach every attention call (e.g. `sharded_mask` for sequence parallelism)."""
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head."""

@@ -1,4 +1,5 @@
-"""The embedded default: a tiny Qwen2.5-VL config and a small byte-level BPE tokenizer we ship.
+"""The embedded default: tiny Qwen configs (every supported family) and a small byte-level BPE
+tokenizer we ship (it holds the Qwen special tokens all the families share).
 
 Everything runs with no download. The tokenizer is trained deterministically from a built-in corpus
 (`python -m longvid.synth.corpus --write-tokenizer` rebuilds the shipped file); the model starts from
@@ -106,45 +107,62 @@ def load_tokenizer():
     return build_tokenizer()
 
 
-def tiny_config(tokenizer, *, hidden_size: int = 128, num_layers: int = 4, vision_depth: int = 2):
-    """A Qwen2.5-VL config of a few million parameters whose token ids match `tokenizer`."""
-    from transformers import Qwen2_5_VLConfig
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
+
+def tiny_config(tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128, num_layers: int = 4, vision_depth: int = 2):
+    """A config of a few million parameters of `family` (a `model_type`) whose token ids match `tokenizer`."""
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"no tiny config for {family!r}; families: {', '.join(FAMILIES)}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     num_heads = 4
     half_head = hidden_size // num_heads // 2
     temporal = half_head // 4
     spatial = (half_head - temporal) // 2
     mrope = [temporal, spatial, half_head - temporal - spatial]
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 3,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_scaling={"type": "mrope", "mrope_section": mrope},
-            rope_theta=10000.0,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=True,
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=56,
-            fullatt_block_indexes=[vision_depth - 1],
-            tokens_per_second=2,
-        ),
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=True,
+    )
+    if family == "qwen3_vl":
+        # Interleaved M-RoPE over the head dim; DeepStack from every vision block but the last.
+        text.update(head_dim=hidden_size // num_heads, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, "mrope_interleaved": True})
+        vision = dict(
+            depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size,
+            patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
+            deepstack_visual_indexes=list(range(vision_depth - 1)),
+        )
+        config_class = transformers.Qwen3VLConfig
+    elif family == "qwen2_vl":
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
+        vision = dict(
+            depth=vision_depth, embed_dim=64, mlp_ratio=2, num_heads=2, hidden_size=hidden_size,
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
+        )
+        config_class = transformers.Qwen2VLConfig
+    else:
+        text.update(rope_scaling={"type": "mrope", "mrope_section": mrope}, rope_theta=10000.0)
+        vision = dict(
+            depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size,
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
+            fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2,
+        )
+        config_class = transformers.Qwen2_5_VLConfig
+    return config_class(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -153,12 +171,23 @@ def tiny_config(tokenizer, *, hidden_size: int = 128, num_layers: int = 4, visio
     )
 
 
-def build_tiny_model(tokenizer=None, *, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes):
-    """A freshly initialised tiny Qwen2.5-VL (deterministic given `seed`)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def build_tiny_model(tokenizer=None, *, family: str = "qwen2_5_vl", seed: int = 0, dtype: torch.dtype = torch.float32, **sizes):
+    """A freshly initialised tiny model of `family` (deterministic given `seed`)."""
+    import transformers
+
+    from . import family_adapter
 
     tokenizer = tokenizer or load_tokenizer()
-    config = tiny_config(tokenizer, **sizes)
+    config = tiny_config(tokenizer, family=family, **sizes)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+    model = getattr(transformers, family_adapter(family).hf_class)(config).to(dtype)
     return model, tokenizer
+
+
+def build_tiny_adapter(family: str = "qwen2_5_vl", *, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes):
+    """The tiny model of `family` behind its adapter."""
+    from . import family_adapter
+
+    model, tokenizer = build_tiny_model(family=family, seed=seed, dtype=dtype, **sizes)
+    return family_adapter(family)(model, tokenizer)
+

@@ -44,11 +44,13 @@ class SequenceParallel:
         shares = split_frames(self.adapter.temporal_length(video), self.mesh.sp_size)
         start, stop = shares[self.mesh.sp_rank]
         if stop > start:
-            mine = self.adapter.encode(self.adapter.slice_temporal(video, start, stop), chunk_patches=chunk_patches).embeds
+            out = self.adapter.encode(self.adapter.slice_temporal(video, start, stop), chunk_patches=chunk_patches)
+            mine = [out.embeds, *(out.deepstack or [])]
         else:  # fewer temporal patches than ranks: an empty share that still joins the collective
-            mine = self._empty_share()
+            mine = [self._empty_share() for _ in range(1 + self.adapter.deepstack_layers)]
         sizes = [self.adapter.num_visual_tokens(self.adapter.slice_temporal(video, a, b)) for a, b in shares]
-        return VisualEmbeds(gather_embeddings(mine, self.mesh, sizes), video.grid_thw.clone(), video.seconds_per_grid)
+        gathered = [gather_embeddings(part, self.mesh, sizes) for part in mine]  # embeddings, then DeepStack layers
+        return video.embedded(gathered[0], gathered[1:] or None)
 
     def _empty_share(self) -> torch.Tensor:
         vision = self.adapter.parameter_groups()["vision"]
@@ -61,16 +63,23 @@ class SequenceParallel:
             return x
         return shard_sequence(x, dim, self.mesh, self.layout, pad_value)[0]
 
-    def hidden_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal) -> torch.Tensor:
-        """Final hidden states of this rank's tokens `[S_local, D]` for a `[S, D]` sequence."""
+    def hidden_states(
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask_fn: MaskFn = causal, *, deepstack=None
+    ) -> torch.Tensor:
+        """Final hidden states of this rank's tokens `[S_local, D]` for a `[S, D]` sequence
+        (`deepstack`: the visual tokens' per-layer features, whole, for every shard)."""
         if not self.active:
             mask = None if mask_fn is causal else prepared_mask(mask_fn, len(embeds), embeds.device)
-            return self.adapter.hidden_states(embeds[None], positions.unsqueeze(-2), attention_mask=mask)[0][0]
+            return self.adapter.hidden_states(
+                embeds[None], positions.unsqueeze(-2), attention_mask=mask, deepstack=deepstack
+            )[0][0]
         local = self.shard(embeds)
         local_pos = self.shard(positions, dim=positions.dim() - 1)
         sharded = ShardedMask.from_layout(mask_fn, embeds.shape[0], self.mesh, self.layout)
         with self.adapter.language_attention(self.attention):
-            hidden, _ = self.adapter.hidden_states(local[None], local_pos.unsqueeze(-2), sharded_mask=sharded)
+            hidden, _ = self.adapter.hidden_states(
+                local[None], local_pos.unsqueeze(-2), sharded_mask=sharded, deepstack=deepstack
+            )
         return hidden[0]
 
     def token_logprobs(
@@ -82,6 +91,7 @@ class SequenceParallel:
         targets: torch.Tensor,
         *,
         temperature: float = 1.0,
+        deepstack=None,
     ) -> torch.Tensor:
         """Log-probs of `targets` predicted at sequence positions `source_index` (same shape).
 
@@ -89,7 +99,7 @@ class SequenceParallel:
         summed over the SP group: the LM head runs once per token across the group, and each rank's
         backward covers exactly its own tokens, so summing gradients over the group is exact.
         """
-        hidden = self.hidden_states(embeds, positions, mask_fn)
+        hidden = self.hidden_states(embeds, positions, mask_fn, deepstack=deepstack)
         if not self.active:
             return token_logprobs(self.adapter, hidden[source_index], targets, temperature=temperature)
         held = shard_positions(embeds.shape[0], self.mesh.sp_size, self.layout)[self.mesh.sp_rank].to(hidden.device)

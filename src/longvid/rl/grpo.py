@@ -74,7 +74,7 @@ def grpo_loss(
     num_items_in_batch: float | torch.Tensor | None = None,
     num_processes: int = 1,
     gradient_accumulation_steps: int = 1,
-    kl_ratio_correction: bool = False,
+    kl_ratio_correction: bool = True,
     log_ratio_clamp: float | None = None,
     dual_clip: float | None = None,
     k3_clamp: float | None = None,
@@ -85,8 +85,9 @@ def grpo_loss(
     Per token: ratio = exp(logp - old_logp), l = -min(ratio*A, clamp(ratio, 1-eps_low, 1+eps_high)*A),
     plus beta * k3 with k3 = exp(ref - logp) - (ref - logp) - 1 when beta != 0.
 
-    kl_ratio_correction: multiply k3 by the ratio (TRL's `use_bias_correction_kl`, off by default
-    in TRL; DeepSeek-V3.2). It changes gradients even on-policy, where the ratio is 1 in value.
+    kl_ratio_correction: multiply k3 by the ratio (TRL's `use_bias_correction_kl`, DeepSeek-V3.2);
+    on by default, as in TRL 1.16 (it was off through TRL 1.9). It changes gradients even
+    on-policy, where the ratio is 1 in value.
     Aggregation (TRL): "grpo" mean over sequences of per-sequence token means; "bnpo" token mean of
     this micro-batch; "dr_grpo" sum / (N * max_completion_length); "dapo" sum / (num_items_in_batch
     / num_processes), num_items_in_batch being the completion tokens of the whole generation batch

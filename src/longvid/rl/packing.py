@@ -27,6 +27,7 @@ class Packed:
     source_index: torch.Tensor  # [G, L]: packed position whose hidden state predicts each response token
     targets: torch.Tensor  # [G, L] response tokens (0 where padded)
     mask: torch.Tensor  # [G, L] bool, True for real response tokens
+    deepstack: list[torch.Tensor] | None = None  # the prefix's per-layer visual features (VisualEmbeds.deepstack)
 
     @property
     def mask_fn(self) -> masks.MaskFn:
@@ -37,9 +38,15 @@ class Packed:
 
 
 def pack(
-    adapter: VLMAdapter, prefix_embeds: torch.Tensor, prefix_positions: torch.Tensor, responses: list[torch.Tensor]
+    adapter: VLMAdapter,
+    prefix_embeds: torch.Tensor,
+    prefix_positions: torch.Tensor,
+    responses: list[torch.Tensor],
+    *,
+    deepstack: list[torch.Tensor] | None = None,
 ) -> Packed:
-    """Lay out a prefix and G responses (1-D token tensors, no padding) as one sequence."""
+    """Lay out a prefix and G responses (1-D token tensors, no padding) as one sequence; `deepstack`
+    is the prefix video's `VisualEmbeds.deepstack` (for families that have it)."""
     if not responses or any(len(r) == 0 for r in responses):
         raise ValueError("pack needs at least one response, each with at least one token")
     device = prefix_embeds.device
@@ -66,7 +73,7 @@ def pack(
         targets[g, :n] = r.to(device)
         mask[g, :n] = True
         start += n
-    return Packed(embeds, positions, segment_ids, source, targets, mask)
+    return Packed(embeds, positions, segment_ids, source, targets, mask, deepstack)
 
 
 def packed_logprobs(
@@ -79,11 +86,19 @@ def packed_logprobs(
     """
     if sp is None:
         mask = masks.prepared_mask(packed.mask_fn, len(packed), packed.embeds.device)
-        hidden = adapter.hidden_states(packed.embeds[None], packed.positions.unsqueeze(-2), attention_mask=mask)[0][0]
+        hidden = adapter.hidden_states(
+            packed.embeds[None], packed.positions.unsqueeze(-2), attention_mask=mask, deepstack=packed.deepstack
+        )[0][0]
         logp = token_logprobs(adapter, hidden[packed.source_index], packed.targets, temperature=temperature)
     else:
         logp = sp.token_logprobs(
-            packed.embeds, packed.positions, packed.mask_fn, packed.source_index, packed.targets, temperature=temperature
+            packed.embeds,
+            packed.positions,
+            packed.mask_fn,
+            packed.source_index,
+            packed.targets,
+            temperature=temperature,
+            deepstack=packed.deepstack,
         )
     return logp.masked_fill(~packed.mask, 0.0)
 
@@ -95,17 +110,17 @@ def separate_logprobs(
     responses: list[torch.Tensor],
     *,
     temperature: float = 1.0,
+    deepstack: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The reference path: G causal forwards over `[prefix | r_g]`, one at a time."""
     width = max(len(r) for r in responses)
-    out = prefix_embeds.new_zeros(len(responses), width, dtype=torch.float32)
     rows = []
     prefix_len = prefix_embeds.shape[0]
     for r in responses:
         r = r.to(prefix_embeds.device)
         embeds = torch.cat([prefix_embeds, adapter.embed_tokens(r).to(prefix_embeds.dtype)])
         positions = torch.cat([prefix_positions, adapter.continuation_positions(prefix_positions, len(r))], dim=-1)
-        hidden, _ = adapter.hidden_states(embeds[None], positions.unsqueeze(-2))
+        hidden, _ = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), deepstack=deepstack)
         rows.append(token_logprobs(adapter, hidden[0, prefix_len - 1 : -1], r, temperature=temperature))
     out = torch.zeros(len(responses), width, dtype=rows[0].dtype, device=rows[0].device)
     for g, row in enumerate(rows):

@@ -1,14 +1,15 @@
-"""Rollout: a group of G responses to one prompt, its prefix prefilled once."""
+"""Rollout: G responses to each prompt of a step, each prefix prefilled once, decoded as one batch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..inputs import Encoded
 from ..model.adapter import VLMAdapter
-from ..model.sampling import Samples, SamplingConfig, sample
+from ..model.sampling import Samples, SamplingConfig, sample_batch
 
 
 @dataclass
@@ -26,6 +27,23 @@ class Group:
 
 
 @torch.no_grad()
+def rollout_groups(
+    adapter: VLMAdapter,
+    encoded: Sequence[Encoded],
+    group_size: int,
+    config: SamplingConfig,
+    *,
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> list[Group]:
+    """A group per prompt, all B x G sequences in one decoding loop; prompt b draws from `generators[b]`."""
+    prefixes = [adapter.prefix_inputs(e.prompt, e.visual) for e in encoded]
+    outs = sample_batch(
+        adapter, prefixes, group_size, config, generators=generators, deepstacks=[e.visual.deepstack for e in encoded]
+    )
+    return [Group(e, out, [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)])
+            for e, out in zip(encoded, outs)]
+
+
 def rollout_group(
     adapter: VLMAdapter,
     encoded: Encoded,
@@ -34,7 +52,5 @@ def rollout_group(
     *,
     generator: torch.Generator | None = None,
 ) -> Group:
-    embeds, positions = adapter.prefix_inputs(encoded.prompt, encoded.visual)
-    out = sample(adapter, embeds, positions, group_size, config, generator=generator)
-    texts = [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
-    return Group(encoded, out, texts)
+    """The group of one prompt (`rollout_groups` with B = 1)."""
+    return rollout_groups(adapter, [encoded], group_size, config, generators=None if generator is None else [generator])[0]

@@ -1,14 +1,20 @@
 """GRPO for long videos: encode once, prefill once, train each group in one packed pass.
 
-One step: a batch of prompts → each video encoded once (embedding cache) → G rollouts per prompt
-from one prefill → rewards → group advantages → optional online filtering of all-equal groups →
-packed policy and reference passes (one forward per group, not G) → GRPO loss → optimizer step.
+One step, in phases (`train_step`):
+- rollout: each video encoded once (embedding cache), then G responses per prompt, every prompt's
+  prefix prefilled once and all B x G sequences decoded in one batched loop;
+- score: rewards, group advantages, optional online filtering of all-equal groups (DAPO), and the
+  counts all data-parallel ranks agree on;
+- optimize: per kept group one packed policy pass and one reference pass (one forward per group,
+  not G), the GRPO loss and its backward; then the optimizer step (`num_iterations` times);
+- record: the metrics.
 Rollout and training read the same `VisualEmbeds` and `Prompt`, so the drift between rollout and
 training log-probs is ~0 by construction; it is logged every step to prove it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -16,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
@@ -34,8 +41,8 @@ from .cache import CacheKey, EmbeddingCache
 from .difficulty import filter_groups
 from .grpo import grpo_loss, group_advantages
 from .packing import Packed, pack, packed_logprobs
-from .rewards import RewardSuite
-from .rollout import Group, rollout_group
+from .rewards import RewardOutput, RewardSuite
+from .rollout import Group, rollout_groups
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ class GRPOConfig(Validated):
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     beta: float = 0.0
-    kl_ratio_correction: bool = False
+    kl_ratio_correction: bool = True  # k3 * ratio, TRL 1.16's default (use_bias_correction_kl)
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     log_ratio_clamp: float | None = None
@@ -137,8 +144,6 @@ class GRPOTrainer(Trainer):
         self.rewards = RewardSuite.from_weights(config.rewards)
         self.cache = EmbeddingCache(config.cache_bytes, offload=config.cache_offload)
         self.encoder_version = 0
-        # SP ranks of a group must sample the same responses; data-parallel ranks different ones.
-        self.generator = torch.Generator().manual_seed(config.seed * 1000 + mesh.dp_rank)
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -175,7 +180,7 @@ class GRPOTrainer(Trainer):
 
     def _packed(self, adapter: VLMAdapter, group: Group, visual: VisualEmbeds) -> Packed:
         embeds, positions = adapter.prefix_inputs(group.encoded.prompt, visual)
-        return pack(adapter, embeds, positions, group.responses)
+        return pack(adapter, embeds, positions, group.responses, deepstack=visual.deepstack)
 
     def _policy_inputs(self, group: Group, video: VideoInputs | None) -> Packed:
         """The packed group; with a trainable vision tower the video is re-encoded with gradients."""
@@ -196,94 +201,149 @@ class GRPOTrainer(Trainer):
                 return packed_logprobs(self.adapter, packed, temperature=temperature, sp=self.sp)
 
     def train_step(self) -> dict[str, float]:
-        cfg, adapter = self.config, self.adapter
-        times = dict.fromkeys(("encode", "rollout", "reward", "policy", "reference", "backward"), 0.0)
+        timer = _PhaseTimer()
+        groups, videos = self._rollout(self._next_batch(), timer)
+        scored = self._score(groups, timer)
+        stats, grad_norm = self._optimize(groups, videos, scored, timer)
+        self.step += 1
+        record = self._record(groups, scored, stats, grad_norm, timer)
+        self.history.append(record)
+        return record
+
+    # -- phases ----------------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[tuple[int, Sample]]:
+        """This rank's prompts with their places in the step's global batch (every rank draws the
+        whole batch from the shared sample order and takes every dp_size-th)."""
         mesh = self.sp.mesh
-        batch = [self.samples[i] for i in self.sampler.take(cfg.batch_size * mesh.dp_size)][mesh.dp_rank :: mesh.dp_size]
+        indices = self.sampler.take(self.config.batch_size * mesh.dp_size)
+        return [(j, self.samples[indices[j]]) for j in range(mesh.dp_rank, len(indices), mesh.dp_size)]
 
-        adapter.model.eval()
-        groups, videos = [], []
-        for sample in batch:
-            t = time.perf_counter()
-            enc, video = self._encode(sample)
-            videos.append(video)
-            times["encode"] += time.perf_counter() - t
-            t = time.perf_counter()
-            groups.append(rollout_group(adapter, enc, cfg.group_size, cfg.sampling, generator=self.generator))
-            times["rollout"] += time.perf_counter() - t
+    def _rollout(self, batch: list[tuple[int, Sample]], timer: "_PhaseTimer") -> tuple[list[Group], list[VideoInputs | None]]:
+        """Encode (or fetch) every prompt's video, then sample all B x G responses in one decode loop."""
+        cfg = self.config
+        self.adapter.model.eval()
+        with timer("encode"):
+            encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
+        generators = [self._prompt_generator(place) for place, _ in batch]
+        with timer("rollout"):
+            groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
+        return groups, list(videos)
 
-        t = time.perf_counter()
-        g = cfg.group_size
-        texts = [text for grp in groups for text in grp.texts]
-        columns = {
-            "answer": [grp.encoded.sample.answer for grp in groups for _ in range(g)],
-            "options": [list(grp.encoded.sample.options) for grp in groups for _ in range(g)],
-            "category": [grp.encoded.sample.category for grp in groups for _ in range(g)],
-            "id": [grp.encoded.sample.id for grp in groups for _ in range(g)],
-        }
-        prompts = [question_text(grp.encoded.sample) for grp in groups for _ in range(g)]
-        rewards = self.rewards(prompts, texts, **columns)
-        advantages = self._advantages(rewards.total, g)
-        keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
-        times["reward"] += time.perf_counter() - t
+    def _prompt_generator(self, place: int) -> torch.Generator:
+        """The random stream of one prompt, a function of (seed, step, place in the global batch) only:
+        resume needs no generator state, SP ranks of a replica sample alike, DP ranks differently,
+        and a run with DP = n samples what one process with an n times larger batch samples."""
+        seed = np.random.SeedSequence((self.config.seed, self.step, place)).generate_state(1, np.uint64)[0]
+        return torch.Generator(device=self.adapter.device).manual_seed(int(seed))
 
+    def _score(self, groups: list[Group], timer: "_PhaseTimer") -> "_Scored":
+        """Rewards, group advantages, DAPO's filter, and the counts every rank must agree on."""
+        cfg = self.config
+        with timer("reward"):
+            g = cfg.group_size
+            rewards = self.rewards(
+                [question_text(grp.encoded.sample) for grp in groups for _ in range(g)],
+                [text for grp in groups for text in grp.texts],
+                **{name: [_column(grp.encoded.sample, name) for grp in groups for _ in range(g)]
+                   for name in ("answer", "options", "category", "id")},
+            )
+            advantages = self._advantages(rewards.total, g)
+            keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
         kept = [i for i in range(len(groups)) if keep[i]]
-        total_tokens = self.sp.all_reduce_sum(sum(int(groups[i].samples.mask().sum()) for i in kept), self.sp.mesh.dp_group)
+        tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
+        kept_per_rank, total_tokens = self._gather_counts(len(kept), tokens)
+        return _Scored(rewards, advantages, kept, kept_per_rank, total_tokens)
+
+    def _optimize(
+        self, groups: list[Group], videos: list[VideoInputs | None], scored: "_Scored", timer: "_PhaseTimer"
+    ) -> tuple[dict[str, list[float]], float]:
+        """`num_iterations` optimizer steps over the kept groups, one forward/backward per group.
+
+        Every data-parallel rank runs the same number of passes (the most groups any rank kept) and
+        the same optimizer steps, whatever it filtered: a rank with fewer kept groups fills up with
+        zero-weight passes (zero gradient, same collectives, as FSDP needs). If no rank kept a group,
+        every rank skips the update."""
+        cfg = self.config
         stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip": [], "drift": [], "drift_max": []}
+        if scored.passes == 0:
+            return stats, 0.0
         old_logps: dict[int, torch.Tensor] = {}
-        adapter.model.train()
+        grad_norm = 0.0
+        self.adapter.model.train()
         for iteration in range(cfg.num_iterations):
-            for i in kept:
-                grp = groups[i]
-                t = time.perf_counter()
-                packed = self._policy_inputs(grp, videos[i])
-                logp = packed_logprobs(adapter, packed, temperature=cfg.temperature, sp=self.sp)
-                times["policy"] += time.perf_counter() - t
+            for slot in range(scored.passes):
+                real = slot < len(scored.kept)
+                i = scored.kept[slot] if real else (scored.kept or [0])[0]
+                mask, logp, loss, metrics = self._forward_backward(
+                    groups[i], videos[i], scored.advantages[i], old_logps.get(i), scored, 1.0 if real else 0.0, timer
+                )
+                if not real:
+                    continue
                 if iteration == 0:
                     # Same weights as the rollout: any difference is a bug in the input path.
-                    diff = (logp.detach() - grp.samples.logprobs.to(logp.dtype)).abs()[packed.mask]
+                    diff = (logp - groups[i].samples.logprobs.to(logp.dtype)).abs()[mask]
                     stats["drift"].append(float(diff.mean()))
                     stats["drift_max"].append(float(diff.max()))
-                    old_logps[i] = logp.detach()
-                t = time.perf_counter()
-                ref_logp = self._reference_logprobs(grp)
-                times["reference"] += time.perf_counter() - t
-                t = time.perf_counter()
-                loss, metrics = grpo_loss(
-                    logp,
-                    old_logps[i] if cfg.num_iterations > 1 else None,
-                    ref_logp,
-                    advantages[i].to(logp.dtype),
-                    packed.mask,
-                    epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.epsilon_high,
-                    beta=cfg.beta,
-                    loss_type=cfg.loss_type,
-                    max_completion_length=cfg.max_new_tokens,
-                    num_items_in_batch=total_tokens,
-                    num_processes=mesh.dp_size,
-                    gradient_accumulation_steps=len(kept),
-                    kl_ratio_correction=cfg.kl_ratio_correction,
-                    log_ratio_clamp=cfg.log_ratio_clamp,
-                    dual_clip=cfg.dual_clip,
-                )
-                loss.backward()
-                times["backward"] += time.perf_counter() - t
-                stats["loss"].append(float(loss.detach()))
+                    old_logps[i] = logp
+                stats["loss"].append(float(loss))
                 stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
                 stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
             # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
-            grad_norm = self.optimizer_step(dp_mean=True) if kept else 0.0
-            if kept and cfg.train_vision:
+            grad_norm = self.optimizer_step(dp_mean=True)
+            if cfg.train_vision:
                 self.encoder_version += 1  # cached embeddings of the old tower are stale now
-        self.step += 1
+        return stats, grad_norm
 
+    def _forward_backward(
+        self,
+        group: Group,
+        video: VideoInputs | None,
+        advantages: torch.Tensor,
+        old_logp: torch.Tensor | None,
+        scored: "_Scored",
+        weight: float,
+        timer: "_PhaseTimer",
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Policy and reference passes over one packed group, its GRPO loss, and `weight * loss`'s
+        backward. Returns the response mask, the detached log-probs, the loss and its metrics."""
+        cfg = self.config
+        with timer("policy"):
+            packed = self._policy_inputs(group, video)
+            logp = packed_logprobs(self.adapter, packed, temperature=cfg.temperature, sp=self.sp)
+        with timer("reference"):
+            ref_logp = self._reference_logprobs(group)
+        with timer("backward"):
+            loss, metrics = grpo_loss(
+                logp,
+                old_logp,  # None on the first pass: the ratio is 1 in value, as TRL's single iteration
+                ref_logp,
+                advantages.to(logp.dtype),
+                packed.mask,
+                epsilon_low=cfg.epsilon_low,
+                epsilon_high=cfg.epsilon_high,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,
+                max_completion_length=cfg.max_new_tokens,
+                num_items_in_batch=scored.tokens,
+                num_processes=self.sp.mesh.dp_size,
+                gradient_accumulation_steps=scored.accumulation,
+                kl_ratio_correction=cfg.kl_ratio_correction,
+                log_ratio_clamp=cfg.log_ratio_clamp,
+                dual_clip=cfg.dual_clip,
+            )
+            (loss * weight).backward()
+        return packed.mask, logp.detach(), loss.detach(), metrics
+
+    def _record(
+        self, groups: list[Group], scored: "_Scored", stats: dict[str, list[float]], grad_norm: float, timer: "_PhaseTimer"
+    ) -> dict[str, float]:
         lengths = torch.cat([grp.samples.lengths for grp in groups]).float()
-        means = rewards.means()
-        record = {
+        means = scored.rewards.means()
+        return {
             "step": self.step,
-            "loss": sum(stats["loss"]) / cfg.num_iterations,
-            "reward": float(rewards.total.mean()),
+            "loss": sum(stats["loss"]) / self.config.num_iterations,
+            "reward": float(scored.rewards.total.mean()),
             **{f"reward/{name}": value for name, value in means.items()},
             "accuracy": means.get("accuracy", float("nan")),
             "kl": _mean(stats["kl"]),
@@ -291,31 +351,85 @@ class GRPOTrainer(Trainer):
             "response_length": float(lengths.mean()),
             "drift": _mean(stats["drift"]),
             "drift_max": max(stats["drift_max"], default=0.0),
-            "groups_kept": len(kept),
+            "groups_kept": len(scored.kept),
+            "groups_kept_all_ranks": sum(scored.kept_per_rank),
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
             "cache_hit_rate": self.cache.stats.hit_rate,
-            **{f"time/{k}": v for k, v in times.items()},
+            **{f"time/{k}": v for k, v in timer.times.items()},
         }
-        self.history.append(record)
-        return record
+
+    def _gather_counts(self, kept: int, tokens: int) -> tuple[list[int], float]:
+        """Kept groups of every data-parallel rank, and the kept completion tokens over all of them."""
+        mesh = self.sp.mesh
+        if mesh.dp_size == 1:
+            return [kept], float(tokens)
+        mine = torch.tensor([kept, tokens], dtype=torch.float64, device=self.adapter.device)
+        everyone = mine.new_empty(mesh.dp_size * 2)
+        torch.distributed.all_gather_single(everyone, mine, group=mesh.dp_group)
+        counts = everyone.view(mesh.dp_size, 2).cpu()
+        return [int(k) for k in counts[:, 0]], float(counts[:, 1].sum())
 
     def _advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """Group advantages; "batch" scaling uses the std of the whole data-parallel batch, as TRL does."""
         mesh = self.sp.mesh
         if self.config.scale_rewards != "batch" or mesh.dp_size == 1:
             return group_advantages(rewards, group_size, self.config.scale_rewards).view(-1, group_size)
-        everything = rewards.new_empty(mesh.dp_size * rewards.numel())
-        torch.distributed.all_gather_into_tensor(everything, rewards.contiguous(), group=mesh.dp_group)
-        mine = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
-        return group_advantages(everything, group_size, "batch")[mine].view(-1, group_size)
+        mine = rewards.to(self.adapter.device).contiguous()
+        everything = mine.new_empty(mesh.dp_size * rewards.numel())
+        torch.distributed.all_gather_single(everything, mine, group=mesh.dp_group)
+        part = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
+        return group_advantages(everything.cpu(), group_size, "batch")[part].view(-1, group_size)
 
     def extra_state(self) -> dict:
-        return {"generator": self.generator.get_state(), "encoder_version": self.encoder_version}
+        # The rollout's random streams are functions of (seed, step, place), so no rank has sampler
+        # state to save: resume is exact on any mesh from the global state alone.
+        return {"encoder_version": self.encoder_version}
 
     def load_extra_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
         self.encoder_version = state["encoder_version"]
+
+
+@dataclasses.dataclass
+class _Scored:
+    """The score phase's result: what each group earned and what every rank must agree on."""
+
+    rewards: RewardOutput
+    advantages: torch.Tensor  # [B, G]
+    kept: list[int]  # this rank's groups that train
+    kept_per_rank: list[int]  # kept groups of every data-parallel rank
+    tokens: float  # kept completion tokens over all data-parallel ranks ("dapo"'s normaliser)
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per iteration, the same on every rank."""
+        return max(self.kept_per_rank)
+
+    @property
+    def accumulation(self) -> float:
+        """Kept groups per rank on average: each kept group's loss counts 1 / (all kept groups)
+        after the data-parallel gradient mean, however unevenly the filter left them."""
+        return sum(self.kept_per_rank) / len(self.kept_per_rank)
+
+
+class _PhaseTimer:
+    """Wall time per phase of a step, accumulated over calls."""
+
+    def __init__(self):
+        self.times = dict.fromkeys(("encode", "rollout", "reward", "policy", "reference", "backward"), 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] += time.perf_counter() - start
+
+
+def _column(sample: Sample, name: str):
+    value = getattr(sample, name)
+    return list(value) if name == "options" else value
 
 
 def _mean(values: list[float]) -> float:

@@ -20,8 +20,9 @@ from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import question_text, target_text, with_response
 from ..model.adapter import VLMAdapter
+from ..model.compress import CompressConfig, TrainingCompression
 from ..parallel.mesh import Mesh
-from ..training import LoRAConfig, OptimConfig, Trainer
+from ..training import LoRAConfig, OptimConfig, Trainer, build_optimizer
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SFTConfig(Validated):
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    compress: CompressConfig | None = None  # visual summary tokens (e.g. --set compress.ratios=2,4,8,12,16)
     steps: int = 100
     grad_accum: int = 4
     freeze_vision: bool = False
@@ -83,6 +85,22 @@ class SFTTrainer(Trainer):
             freeze_llm=config.freeze_llm,
             total_steps=config.steps,
         )
+        self.compression = TrainingCompression(self.adapter, config.compress, config.seed) if config.compress else None
+        if self.compression:  # the optimizer also trains the summary parameters
+            self.optimizer, self.scheduler = build_optimizer(self.compression.trainable(self.adapter.model), config.optim, config.steps)
+
+    def extra_state(self) -> dict:
+        return self.compression.extra_state() if self.compression else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.compression:
+            self.compression.load_extra_state(state)
+
+    def save(self):
+        path = super().save()
+        if self.compression and self.is_main:
+            self.compression.save_beside(path)
+        return path
 
     def train_step(self) -> dict[str, float]:
         adapter, cfg, mesh = self.adapter, self.config, self.sp.mesh
@@ -99,8 +117,11 @@ class SFTTrainer(Trainer):
             visual = self.sp.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=cfg.video.encode_chunk)
             prompt = adapter.build_prompt(question_text(sample), visual)
             embeds, positions, labels = with_response(adapter, prompt, visual, target)
-            hidden = self.sp.hidden_states(embeds, positions)
-            labels = self.sp.shard(labels, pad_value=-100)
+            if self.compression:
+                hidden, labels = self.compression.hidden_states(self.sp, prompt, embeds, positions, labels)
+            else:
+                hidden = self.sp.hidden_states(embeds, positions, deepstack=visual.deepstack)
+                labels = self.sp.shard(labels, pad_value=-100)
             keep = labels >= 0
             logits = adapter.logits(hidden[keep]).float()
             loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum") / total_tokens

@@ -21,6 +21,7 @@ from .tasks import (
     parse_spec,
     render_spec,
 )
+from .haystack import needle_haystack
 from .writer import write_dataset
 
 register_source(SPEC_PREFIX, render_spec, check_spec)
@@ -29,6 +30,7 @@ __all__ = [
     "ALL_TASKS",
     "CATEGORIES",
     "NOMINAL_FPS",
+    "needle_haystack",
     "SPEC_PREFIX",
     "TASKS",
     "Generated",

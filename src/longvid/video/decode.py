@@ -173,6 +173,31 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(str(p), num_frames, fps, duration, width, height, stream.codec_context.name)
 
 
+def verify(path: str | os.PathLike) -> VideoInfo:
+    """`probe`, then read every packet of the video stream (demuxing, no decoding): a truncated
+    file fails here, also one whose index sits at the front (mp4 `movflags=faststart`) and so
+    promises frames the file no longer holds."""
+    p = Path(path)
+    info = probe(p)
+    with _open(p) as (container, stream):
+        try:
+            packets = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as e:
+            raise VideoError(f"{p}: corrupt or truncated data while reading packets ({e})") from e
+    if packets < info.num_frames:
+        raise VideoError(f"{p}: truncated: the header promises {info.num_frames} frames, the file holds {packets}")
+    return info
+
+
+def capped_frames(num_frames: int | None, available: int, source: str) -> int | None:
+    """num_frames, capped at the frames the video has: never more frames than there are (repeating
+    frames would only cost memory). The cap is logged."""
+    if num_frames is not None and num_frames > available:
+        log.info("%s has %d frames, fewer than num_frames=%d: taking all %d", source, available, num_frames, available)
+        return available
+    return num_frames
+
+
 def decode(
     path: str | os.PathLike,
     *,
@@ -183,6 +208,7 @@ def decode(
     strict: bool = True,
 ) -> Frames:
     """Decode a local video in one pass, keeping only the sampled frames (see `frame_indices`).
+    A video with fewer frames than `num_frames` gives all its frames (`capped_frames`).
 
     size=(H, W) resizes each kept frame. strict=True makes the decoder fail on damaged data
     instead of concealing it. Every failure raises VideoError naming the file and the reason.
@@ -193,6 +219,7 @@ def decode(
     except ValueError as e:
         raise VideoError(f"{p}: {e}") from e
     info = probe(p)
+    num_frames = capped_frames(num_frames, info.num_frames, str(p))
     try:
         indices = frame_indices(
             info.num_frames, num_frames=num_frames, fps=fps, max_frames=max_frames, native_fps=info.fps
@@ -262,6 +289,7 @@ def sample_frames(
     native_fps = (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else None
     try:
         check_sampling(num_frames, fps, max_frames, size)
+        num_frames = capped_frames(num_frames, len(frames), frames.source)
         idx = frame_indices(
             len(frames), num_frames=num_frames, fps=fps, max_frames=max_frames, native_fps=native_fps
         )
