@@ -24,6 +24,11 @@ backward. No optimizer step. The modes differ only in how often they repeat the 
   packed policy and reference passes (`pack` + `packed_logprobs`: one forward over
   [prefix | r1 .. rG] with the shared-prefix mask).
 
+The batched-rollout row (`batched_rollout`, `--rollout-prompts B`, default 4): rollout of B prompts
+(different videos of frames, frames - 2, ... frames) as one decode loop of B x G rows
+(`sample_batch`: each prefix prefilled once, caches merged) vs one `sample` call per prompt, same
+seeds (`same_tokens` checks they agree), median of `--repeats` after a warm-up, in one process.
+
 Fairness: same model, weights, video and prompt in every mode; every response is exactly
 `--max-new-tokens` tokens (HF: `min_new_tokens = max_new_tokens`, which masks EOS until then;
 ours: an adapter whose only stop id is -1, which no sampled token can equal); temperature 1, no
@@ -73,7 +78,7 @@ import torch
 from longvid.model.adapter import Prompt, VideoInputs
 from longvid.model.common import token_logprobs
 from longvid.model.qwen2_5_vl import Qwen25VLAdapter
-from longvid.model.sampling import SamplingConfig, sample
+from longvid.model.sampling import SamplingConfig, sample, sample_batch
 from longvid.model.tiny import build_tiny_model, load_tokenizer
 from longvid.rl.grpo import grpo_loss, group_advantages
 from longvid.rl.packing import pack, packed_logprobs, separate_logprobs
@@ -90,6 +95,7 @@ LLM_7B = dict(layers=28, hidden=3584, mlp=18944, heads=28, kv_heads=4, head_dim=
 LLM_BENCH = dict(layers=4, hidden=256, mlp=768, heads=4, kv_heads=2, head_dim=64)
 VISION_BENCH = dict(hidden=64, mlp=128, out=256)
 MODES = ("naive", "mrsp", "mrsp_batched", "longvid")
+ROLLOUT_WORKER = "rollout_batch"  # the batched-rollout row: B prompts in one decode loop vs one at a time
 PHASES = ("encode", "rollout", "policy", "reference", "backward")
 
 
@@ -217,7 +223,7 @@ def independent_rollout(adapter, embeds, positions, group: int, max_new_tokens: 
         if step + 1 < max_new_tokens:
             pos = steps[:, step].view(3, 1, 1).expand(-1, group, 1)
             hidden, cache = adapter.hidden_states(
-                adapter.embed_tokens(token), pos, past_key_values=cache, use_cache=True
+                adapter.embed_tokens(token), pos, cache=cache, use_cache=True
             )
     return torch.cat(tokens, dim=1)
 
@@ -407,13 +413,61 @@ def run_worker(args) -> dict:
     }
 
 
+def run_rollout_worker(args) -> dict:
+    """Rollout of B prompts (different videos, lengths frames, frames - 2, ...): all B x G sequences
+    in one decode loop (`sample_batch`) vs one `sample` call per prompt. Same seeds, same tokens."""
+    torch.manual_seed(args.seed)
+    bench = Bench.build(args.frames[0], args.size, args.group, args.max_new_tokens, args.vision_depth, args.device)
+    adapter, cfg = bench.adapter, SamplingConfig(bench.max_new_tokens)
+    prefixes = []
+    for b in range(args.rollout_prompts):
+        frames = max(2, args.frames[0] - 2 * b)
+        pixels = np.random.default_rng(100 + b).integers(0, 256, size=(frames, args.size, args.size, 3), dtype=np.uint8)
+        video = adapter.preprocess(pixels)
+        video.pixel_values = video.pixel_values.to(bench.device)
+        with torch.no_grad():
+            visual = adapter.encode(video)
+        prefixes.append(adapter.prefix_inputs(adapter.build_prompt(QUESTION, visual), visual))
+
+    def generators():
+        return [torch.Generator(device=bench.device).manual_seed(b) for b in range(len(prefixes))]
+
+    def one_at_a_time():
+        return [sample(adapter, e, p, bench.group, cfg, generator=g) for (e, p), g in zip(prefixes, generators())]
+
+    def batched():
+        return sample_batch(adapter, prefixes, bench.group, cfg, generators=generators())
+
+    times: dict[str, list[float]] = {"one_at_a_time": [], "batched": []}
+    outputs = {}
+    for i in range(1 + args.repeats):  # the first is the warm-up
+        for name, fn in (("one_at_a_time", one_at_a_time), ("batched", batched)):
+            phase = Phases(bench.device)
+            with phase(name):
+                outputs[name] = fn()
+            if i:
+                times[name].append(phase.times[name])
+    same = all(torch.equal(a.tokens, b.tokens) for a, b in zip(outputs["one_at_a_time"], outputs["batched"]))
+    seq, bat = statistics.median(times["one_at_a_time"]), statistics.median(times["batched"])
+    return {
+        "prompts": len(prefixes),
+        "prompt_tokens": [e.shape[0] for e, _ in prefixes],
+        "group": bench.group,
+        "max_new_tokens": bench.max_new_tokens,
+        "one_at_a_time_s": seq,
+        "batched_s": bat,
+        "speedup_batched_vs_one_at_a_time": ratio(seq, bat),
+        "same_tokens": same,
+    }
+
+
 def spawn(args, mode: str, frames: int) -> dict:
     """Run one (mode, frames) in a fresh interpreter; its stderr passes through."""
     cmd = [
         sys.executable, __file__, "--worker", mode, "--frames", str(frames), "--size", str(args.size),
         "--group", str(args.group), "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
         "--vision-depth", str(args.vision_depth), "--device", args.device, "--seed", str(args.seed),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--rollout-prompts", str(args.rollout_prompts),
     ]
     log.info("running %s at %d frames", mode, frames)
     try:
@@ -498,12 +552,13 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: frames 64,128, one repeat")
     parser.add_argument("--plot", help="write a PNG of step time and memory vs frames here")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--rollout-prompts", type=int, default=4, help="B for the batched-rollout row (0: skip it)")
+    parser.add_argument("--worker", choices=(*MODES, ROLLOUT_WORKER), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = "64,128", 1
     args.frames = [int(f) for f in args.frames.split(",")]
-    args.modes = args.modes.split(",")
+    args.modes = [m for m in args.modes.split(",") if m]
     args.vision_depth = args.vision_depth or matching_vision_depth()
     return args
 
@@ -513,16 +568,18 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(run_worker(args)))
+        print(json.dumps(run_rollout_worker(args) if args.worker == ROLLOUT_WORKER else run_worker(args)))
         return
     results, method = [], None
     for frames in args.frames:
         runs = {mode: spawn(args, mode, frames) for mode in args.modes}
         method = method or next((r["memory_method"] for r in runs.values() if "memory_method" in r), None)
         results.append(summarise(frames, runs))
+    rollout = spawn(args, ROLLOUT_WORKER, args.frames[0]) if args.rollout_prompts > 0 else None
     vision = dict(VISION_BENCH, depth=args.vision_depth)
     report = {
         "results": results,
+        "batched_rollout": dict(rollout, frames=args.frames[0]) if rollout else None,
         "config": {
             "device": args.device,
             "dtype": "float32",

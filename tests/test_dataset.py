@@ -209,3 +209,17 @@ def test_validate_videos(broken):
     assert [s.id for s in dataset.samples] == ["a", "g"]
     assert [b.line for b in dataset.validate_videos(full=True, progress=False)] == [3]  # decodes every frame
     assert [s.id for s in dataset.samples] == ["a"] and [b.line for b in dataset.bad] == [2, 3]
+
+
+def test_validate_videos_catches_a_truncated_faststart_file(root):
+    from test_decode import faststart_mp4
+
+    path = faststart_mp4(root / "videos" / "fast.mp4")
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    data = write_jsonl(root / "fast.jsonl", [row(), row(id="f", video="videos/fast.mp4")])
+    # Before: the header check passed it, then training stopped on it mid-run, even with skip_bad.
+    with pytest.raises(VideoError, match=f"1 of 2 videos.*\n{data}:2: .*fast.mp4: truncated"):
+        VideoDataset.from_jsonl(data, num_frames=4).validate_videos(progress=False)
+    dataset = VideoDataset.from_jsonl(data, num_frames=4, skip_bad=True)
+    assert [b.line for b in dataset.validate_videos(progress=False)] == [2]
+    assert [s.id for s in dataset.samples] == ["a"]

@@ -1,5 +1,6 @@
 """Decoding real (tiny) mp4 files written here with PyAV, in two codecs, and every way it can fail."""
 
+import logging
 from pathlib import Path
 
 import av
@@ -8,7 +9,7 @@ import pytest
 
 import longvid.video.decode as decode_module
 from longvid.errors import VideoError
-from longvid.video.decode import MAX_FRAMES, decode, encode_mp4, probe
+from longvid.video.decode import MAX_FRAMES, Frames, decode, encode_mp4, probe, sample_frames, verify
 
 NUM, FPS, H, W = 120, 24, 32, 48
 BASE, STEP = 10, 20  # frame i is drawn flat with R = BASE + STEP * (i % 12), G = BASE + STEP * (i // 12)
@@ -71,10 +72,35 @@ def test_uniform_sampling_picks_bin_centres(videos, codec):
     np.testing.assert_allclose(frames.timestamps, got / FPS, atol=1e-3)
 
 
-def test_more_frames_than_the_video_repeats_frames(videos):
-    frames = decode(videos["libx264"], num_frames=2 * NUM)
-    np.testing.assert_array_equal(read_indices(frames.pixels), np.repeat(np.arange(NUM), 2))
-    assert np.all(np.diff(frames.timestamps) >= 0)
+def test_more_frames_than_the_video_has_gives_every_frame_once_and_says_so(videos, caplog):
+    # Before: 100000 frames asked of a short video were repeated until they filled 16 GB.
+    with caplog.at_level(logging.INFO, logger="longvid.video.decode"):
+        frames = decode(videos["libx264"], num_frames=100_000)
+    np.testing.assert_array_equal(read_indices(frames.pixels), np.arange(NUM))
+    assert f"has {NUM} frames, fewer than num_frames=100000: taking all {NUM}" in caplog.text
+    spec = sample_frames(Frames(indexed_frames(6), np.arange(6.0), "mem"), num_frames=10)
+    assert len(spec) == 6
+
+
+def faststart_mp4(path: Path, n: int = 40) -> Path:
+    """An mp4 whose index (moov) sits before the data, as `movflags=faststart` writes it."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for image in indexed_frames(n):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    assert path.read_bytes().find(b"moov") < path.read_bytes().find(b"mdat")
+    return path
+
+
+def test_verify_catches_a_truncated_faststart_file_that_probe_accepts(tmp_path):
+    path = faststart_mp4(tmp_path / "fast.mp4")
+    assert verify(path).num_frames == 40
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    assert probe(path).num_frames == 40  # the header at the front still promises every frame
+    with pytest.raises(VideoError, match=r"fast.mp4: truncated: the header promises 40 frames, the file holds \d+"):
+        verify(path)
 
 
 @CODECS

@@ -74,10 +74,11 @@ def test_training_changes_the_policy_and_kl_grows_from_zero(tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     samples, frames = flash_set(3, num_frames=8)
-    cfg_a = _config(tmp_path / "a", steps=4, rewards={"reward_fns:shorter_is_better": 1.0})
+    # beta > 0: the KL, unlike the on-policy loss value (~0), shows any difference in the weights.
+    cfg_a = _config(tmp_path / "a", steps=4, beta=0.04, rewards={"reward_fns:shorter_is_better": 1.0})
     full = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_a, samples, frames).train()
 
-    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, rewards={"reward_fns:shorter_is_better": 1.0})
+    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, beta=0.04, rewards={"reward_fns:shorter_is_better": 1.0})
     calls = {"n": 0}
 
     def crashing(sample):
@@ -88,9 +89,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, crashing).train()
-    resumed = GRPOTrainer(load_adapter(ModelConfig(seed=7)), cfg_b, samples, frames).train(resume=True)
+    # The same starting model, as a restarted job builds it: the frozen reference is a copy of it (the
+    # policy's weights come from the checkpoint; had they not, step 3 would not match).
+    resumed = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, frames).train(resume=True)
     for a, b in zip(full, resumed, strict=True):
         assert a["reward"] == b["reward"] and a["loss"] == pytest.approx(b["loss"], abs=1e-7)
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-5, abs=1e-9)
+    assert full[-1]["kl"] > 1e-6
 
 
 def test_unfrozen_vision_tower_reencodes_for_the_policy_pass(tmp_path):
@@ -151,3 +156,18 @@ def test_a_step_whose_groups_are_all_filtered_leaves_the_model_alone(tmp_path):
     (record,) = GRPOTrainer(adapter, cfg, samples, frames).train()
     assert record["groups_kept"] == 0 and record["grad_norm"] == 0.0 and record["time/policy"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in adapter.hf.state_dict().items())
+
+
+def test_several_iterations_reuse_the_rollout_log_probs_as_old_policy(tmp_path):
+    """num_iterations=2: two optimizer steps per batch; the second pass's ratio is against the log-probs
+    stored before the first update, so it moves off 1 and the clip engages (never on one iteration)."""
+    samples, frames = flash_set(2, num_frames=8)
+    cfg = _config(tmp_path, steps=1, num_iterations=2, epsilon_low=0.01, epsilon_high=0.01,
+                  rewards={"reward_fns:shorter_is_better": 1.0}, optim=OptimConfig(lr=5e-2, warmup_steps=0))
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1)), cfg, samples, frames)
+    (record,) = trainer.train()
+    assert trainer.scheduler.last_epoch == 2
+    assert record["clip_fraction"] > 0
+    single = GRPOTrainer(load_adapter(ModelConfig(seed=1)), _config(tmp_path / "one", steps=1, epsilon_low=0.01,
+                         epsilon_high=0.01, rewards={"reward_fns:shorter_is_better": 1.0}), samples, frames)
+    assert single.train()[0]["clip_fraction"] == 0.0

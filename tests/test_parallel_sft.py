@@ -25,8 +25,8 @@ def _train(rank, world, sp, mode, layout, tmp, grad_accum=2):
         trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype="float64")), cfg, samples, frames, mesh=mesh)
         history = trainer.train()
     # Plain lists: tensors would travel between processes through shared memory that dies with the rank.
-    params = {n: torch.cat([p.detach().flatten()[:32], p.detach().sum()[None], p.detach().norm()[None]]).tolist()
-              for n, p in trainer.adapter.hf.named_parameters()}
+    full = {n: p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach() for n, p in trainer.adapter.hf.named_parameters()}
+    params = {n: torch.cat([p.flatten()[:32], p.sum()[None], p.norm()[None]]).tolist() for n, p in full.items()}
     return [h["loss"] for h in history], params
 
 

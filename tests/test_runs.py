@@ -164,3 +164,17 @@ def test_a_lora_checkpoint_loads_as_its_base_with_the_adapter_merged(data, tmp_p
     capsys.readouterr()
     assert main(["eval", "--data", str(data), "--model", str(folder), "--out", str(tmp_path / "e")]) == 2
     assert "holds only a LoRA adapter" in capsys.readouterr().err
+
+
+def test_grpo_from_a_checkpoint_defaults_to_its_video_settings_and_flags_win(data, tmp_path, capsys):
+    run = tmp_path / "sft"
+    assert sft(data, run, "--steps", "1", "--set", "video.size=84") == 0
+    model = run / "checkpoints" / "latest" / "model"
+    common = ["grpo", "--train", str(data), "--model", str(model), "--steps", "1", "--set", "group_size=2",
+              "--set", "batch_size=1", "--set", "max_new_tokens=2", "--set", "progress=false"]
+    assert main([*common, "--out-dir", str(tmp_path / "g1")]) == 0
+    video = yaml.safe_load((tmp_path / "g1" / "config.yaml").read_text())["video"]
+    assert (video["num_frames"], video["size"]) == (8, 84)
+    assert main([*common, "--out-dir", str(tmp_path / "g2"), "--set", "video.size=56"]) == 0
+    video = yaml.safe_load((tmp_path / "g2" / "config.yaml").read_text())["video"]
+    assert (video["num_frames"], video["size"]) == (8, 56)

@@ -88,10 +88,11 @@ def _training_set(config, main_rank: bool = True):
 
 
 def _mesh(config):
-    """The process mesh from torchrun's environment (a mesh of one without it)."""
+    """The process mesh from torchrun's environment (a mesh of one without it), on `model.device`."""
     from .parallel.mesh import init_mesh
 
-    return init_mesh(sp=config.parallel.sp, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
+    par = config.parallel
+    return init_mesh(sp=par.sp, ulysses=par.ulysses, ring=par.ring, device=config.model.device)
 
 
 def _run_trainer(make_trainer, config, args: argparse.Namespace, new_tokens):
@@ -107,7 +108,7 @@ def _run_trainer(make_trainer, config, args: argparse.Namespace, new_tokens):
     with run_folder(config, resume=args.resume, overwrite=args.overwrite, argv=args.argv):
         mesh = _mesh(config)
         dataset = _training_set(config, mesh.rank == 0)
-        adapter = load_adapter(config.model)
+        adapter = load_adapter(config.model, device=mesh.device)
         check_lora_targets(adapter, config.lora)
         tokens = new_tokens(adapter) if callable(new_tokens) else new_tokens
         check_rows_fit(adapter, dataset.samples, config.video, tokens, dataset.origin)
@@ -123,7 +124,10 @@ def _run_trainer(make_trainer, config, args: argparse.Namespace, new_tokens):
     return history, dataset
 
 
-PARALLEL_FLAGS = {"sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring"}
+PARALLEL_FLAGS = {
+    "sp": "parallel.sp", "ulysses": "parallel.ulysses", "ring": "parallel.ring",
+    "device": "model.device", "dtype": "model.dtype",
+}
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -183,9 +187,13 @@ def _checked_data_and_model(args: argparse.Namespace, new_tokens: int):
     from .model import load_adapter
     from .preflight import check_rows_fit
 
+    from .model.folder import check_model_folder
+
+    if args.model is not None:
+        check_model_folder(args.model, what="--model")  # before any video is read
     video = _inference_video(args)
     data = VideoDataset.from_jsonl(args.data, skip_bad=args.skip_bad, video=video)
-    model = ModelConfig(path=args.model)  # checks the model folder before any video is read
+    model = ModelConfig(path=args.model, device=args.device, dtype=args.dtype)  # checks the folder before any video is read
     data.validate_videos()
     adapter = load_adapter(model)
     check_rows_fit(adapter, data.samples, video, new_tokens, data.origin)
@@ -206,7 +214,7 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     data, videos = Path(args.data), Path(args.videos)
     loaded = load_checked(bench, data, videos, skip_bad=args.skip_bad)  # bad rows fail before the model loads
     video = _inference_video(args)
-    adapter = load_adapter(ModelConfig(path=args.model))
+    adapter = load_adapter(ModelConfig(path=args.model, device=args.device, dtype=args.dtype))
     result = run_benchmark(bench, adapter, loaded, videos, video=video, max_new_tokens=args.max_new_tokens,
                            limit=args.limit, skip_bad=args.skip_bad, compressor=_eval_compressor(args, adapter))
     path = write_report(bench, result, Path(args.out))
@@ -583,7 +591,15 @@ def _niah_parser(sub) -> None:
     p.set_defaults(func=cmd_niah)
 
 
+def _device_flags(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default,
+                   help="where to compute: auto = this process's GPU (cuda:LOCAL_RANK) if any, else the CPU")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16", "float64"), default=default,
+                   help="model precision: auto = bfloat16 on a GPU, float32 on the CPU")
+
+
 def _parallel_flags(p: argparse.ArgumentParser) -> None:
+    _device_flags(p)
     p.add_argument("--sp", type=POSITIVE, help="sequence-parallel ranks per sample (under torchrun)")
     p.add_argument("--ulysses", type=POSITIVE, help="Ulysses (all-to-all) part of --sp; the rest is ring")
     p.add_argument("--ring", type=POSITIVE, help="ring part of --sp; the rest is Ulysses")
@@ -647,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=POSITIVE, help="evaluate only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of failing")
     _compress_flags(p)
+    _device_flags(p, "auto")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")
@@ -682,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true")
+    _device_flags(p, "auto")
     p.set_defaults(func=cmd_data_filter)
     _reason_parser(data)
     return parser

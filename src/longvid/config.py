@@ -151,7 +151,10 @@ class ModelConfig(Validated):
     """Which model: a local checkpoint folder, or the embedded tiny default when `path` is None."""
 
     path: str | None = None
-    dtype: typing.Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    # "auto": bfloat16 on a GPU, float32 on the CPU.
+    dtype: typing.Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
+    # "auto": this process's GPU (cuda:LOCAL_RANK) when there is one, else the CPU.
+    device: typing.Literal["auto", "cpu", "cuda"] = "auto"
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     seed: int = 0  # initialisation of the tiny default
@@ -197,13 +200,18 @@ class VideoConfig(Validated):
 
 @dataclasses.dataclass
 class ParallelConfig(Validated):
-    """Sequence parallelism: `sp` ranks share one sample (Ulysses x ring); the rest is data parallel."""
+    """Sequence parallelism: `sp` ranks share one sample (Ulysses x ring); the rest is data parallel.
+    With more than one process, FSDP2 shards parameters, gradients and optimizer state over all
+    of them (data x sequence-parallel ranks)."""
 
     sp: int = 1
     ulysses: int | None = None
     ring: int | None = None
     mode: typing.Literal["ulysses", "ring", "hybrid"] = "hybrid"
     layout: typing.Literal["contiguous", "zigzag"] = "zigzag"
+    fsdp: bool = True  # only with more than one process; false: replicated parameters, all-reduced gradients
+    reshard_after_forward: bool = True  # FSDP frees gathered blocks after forward (ZeRO-3); false keeps them (ZeRO-2)
+    activation_checkpointing: bool = False  # recompute each decoder/vision block in backward
 
     def validate(self) -> None:
         if self.sp < 1:

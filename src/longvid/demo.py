@@ -125,10 +125,10 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
 
-    plot_curves({"train loss": [(h["step"], h["loss"]) for h in history]}, out / "sft_loss.png", title="CoT-SFT loss", ylabel="loss")
+    plot_curves({"train loss": [(h["step"], h["loss"]) for h in history]}, out / "sft_loss.png", title="CoT-SFT loss", ylabel="loss (nats per response token)")
     plot_curves(
         {name: [(h["step"], h[key]) for h in grpo_history] for name, key in (("total", "reward"), ("accuracy", "reward/accuracy"), ("format", "reward/format"))},
-        out / "grpo_reward.png", title="GRPO reward (training rollouts)", ylabel="reward",
+        out / "grpo_reward.png", title="GRPO reward (training rollouts)", ylabel="mean reward per response",
     )
     stages = {"after SFT": sft_result, "after GRPO": result}
     plot_category_bars({name: {c: v["accuracy"] for c, v in r.per_category.items()} for name, r in stages.items()}, out / "accuracy_by_category.png", chance=result.chance)

@@ -90,10 +90,11 @@ def block_mask(mask_fn: MaskFn, q_len: int, kv_len: int, device: torch.device | 
 
 
 def prepared_mask(mask_fn: MaskFn, length: int, device: torch.device):
-    """The mask an attention backend takes for a `length` sequence: a FlexAttention block mask on
-    CUDA, a dense bool `[1, 1, S, S]` for SDPA elsewhere."""
-    if device.type == "cuda":
-        return block_mask(mask_fn, length, length, device=device)
+    """The dense bool `[1, 1, S, S]` mask the model's own attention (SDPA or eager) takes.
+
+    A `BlockMask` is never handed to these implementations (SDPA refuses it): the FlexAttention
+    path pairs the block mask with its own attention function, chosen together in
+    `longvid.parallel.attention.attention_for`."""
     return dense_mask(mask_fn, length, length, device=device)[None, None]
 
 

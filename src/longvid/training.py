@@ -11,12 +11,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_model_weights, load_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    export_pretrained,
+    latest_checkpoint,
+    load_model_weights,
+    load_rank_state,
+    load_sharded,
+    load_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import Validated
 from .errors import ConfigError
 from .model.adapter import VLMAdapter
-from .parallel.apply import SequenceParallel
 from .parallel.mesh import Mesh
+from .parallel.parallelize import parallelize, scale_sharded_grads
 from .preempt import Preempted, stops_on_signal
 from .runs import checkpoint_meta
 
@@ -35,6 +44,15 @@ class LoRAConfig(Validated):
     def validate(self) -> None:
         if self.rank < 0:
             raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank > 0 and not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: LoRA would adapt nothing")
+        bad = [t for t in self.target_modules if not t.isidentifier()]
+        if bad:
+            raise ConfigError(f"lora.target_modules: {bad[0]!r} is not a module name (letters, digits, _)")
 
 
 @dataclasses.dataclass
@@ -53,6 +71,13 @@ class OptimConfig(Validated):
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        # A negative clip norm flips the gradients' sign (torch scales by max_norm / norm): training goes uphill.
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"optim.max_grad_norm must be > 0, got {self.max_grad_norm}")
 
 
 def apply_trainable(
@@ -137,9 +162,11 @@ class Trainer:
     """The loop every recipe shares: steps with a progress bar, logging to TensorBoard, optimizer
     steps over gradients reduced across ranks, and atomic checkpoints that resume exactly.
 
-    A recipe sets `config` (with steps, save_every, log_every, progress, optim), `adapter`, `sp`
-    (a `SequenceParallel`), `optimizer`, `scheduler`, `sampler`, and implements `train_step()`;
-    `extra_state()` / `load_extra_state()` carry whatever else must survive a restart.
+    A recipe sets `config` (with steps, save_every, log_every, progress, optim, parallel),
+    `adapter`, `sp` (a `SequenceParallel`), `optimizer`, `scheduler`, `sampler`, and implements
+    `train_step()`; `extra_state()` / `load_extra_state()` carry whatever else must survive a
+    restart (saved once, by rank 0), `rank_state()` / `load_rank_state()` what differs per rank
+    (saved by every rank, beside its RNG states).
     """
 
     name = "train"
@@ -158,7 +185,9 @@ class Trainer:
         freeze_llm: bool,
         total_steps: int,
     ) -> None:
-        """Trainable parameters, sequence parallelism, optimizer, sample order and loop state."""
+        """Freeze → LoRA → parallelize (device, activation checkpointing, FSDP, sequence
+        parallelism) → optimizer over the (sharded) parameters; then sample order and loop state.
+        Without a mesh the trainer is one process on the adapter's device."""
         if not samples:
             raise ConfigError("the training set is empty")
         self.config = config
@@ -166,7 +195,7 @@ class Trainer:
             adapter, config.lora, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm
         )
         self.samples, self.load_frames = samples, load_frames
-        self.sp = SequenceParallel(self.adapter, mesh or Mesh.single(), mode=config.parallel.mode, layout=config.parallel.layout)
+        self.sp = parallelize(self.adapter, mesh or Mesh.single(adapter.device), config.parallel)
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, total_steps)
         self.sampler = EpochSampler(len(samples), config.seed)
         self._setup_loop(config.out_dir)
@@ -183,47 +212,85 @@ class Trainer:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def rank_state(self) -> dict:
+        """State that differs between ranks (saved by each rank beside its RNG states)."""
+        return {}
+
+    def load_rank_state(self, state: dict) -> None:
+        pass
+
     def optimizer_step(self, *, dp_mean: bool) -> float:
-        """Reduce gradients over the mesh, clip, step; returns the gradient norm before clipping."""
+        """Reduce gradients over the mesh, clip, step; returns the gradient norm before clipping.
+
+        Gradients are summed over every rank (FSDP reduces them in backward; replicated parameters
+        are all-reduced here); `dp_mean` then averages over data-parallel ranks."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.sp.all_reduce_grads(params, dp_mean=dp_mean)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
+        if self.sp.sharded:
+            if dp_mean and self.sp.mesh.dp_size > 1:
+                scale_sharded_grads(params, 1.0 / self.sp.mesh.dp_size)
+        else:
+            self.sp.all_reduce_grads(params, dp_mean=dp_mean)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def save(self) -> Path | None:
-        """Rank 0 writes; every rank waits for it, so a resume never sees a half-written step."""
-        path = None
-        if self.is_main:
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict(),
-                "history": self.history,
-                **self.extra_state(),
-            }
-            meta = checkpoint_meta(self.config, self.name)
-            path = save_checkpoint(self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state, meta=meta)
-        self.sp.barrier()
-        return path
+    def _sharded_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.adapter.model, self.optimizer)
+        return {"model": model, "optimizer": optimizer}
+
+    def save(self) -> Path:
+        """Every rank writes its part (see `checkpoint.save_checkpoint`); returns the folder."""
+        state = {
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "history": self.history,
+            **self.extra_state(),
+        }
+        sharded = self._sharded_state() if self.sp.sharded else None
+        if sharded is None and self.is_main:
+            state["optimizer"] = self.optimizer.state_dict()
+        return save_checkpoint(
+            self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state,
+            meta=checkpoint_meta(self.config, self.name), rank_state=self.rank_state(), sharded=sharded,
+        )
 
     def resume(self) -> bool:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
-        load_model_weights(self.adapter.model, path / "model")
         state = load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sp.sharded:
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            sharded = self._sharded_state()
+            load_sharded(path, sharded)
+            set_state_dict(
+                self.adapter.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"]
+            )
+        else:
+            if "optimizer" not in state:
+                raise ValueError(f"{path} holds sharded (FSDP) weights; resume it with parallel.fsdp on the same world size")
+            load_model_weights(self.adapter.model, path / "model")
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = state["step"]
         self.history = [dict(h) for h in state["history"]]
         self.load_extra_state(state)
-        set_rng_state(state["rng"])
+        mine = load_rank_state(path)
+        self.load_rank_state(mine)
+        set_rng_state(mine["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return True
+
+    def export(self, folder: str | Path) -> Path | None:
+        """A plain `save_pretrained` folder of the trained model (LoRA merged); every rank calls it."""
+        return export_pretrained(self.adapter.model, self.adapter.tokenizer, folder)
 
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError
@@ -252,4 +319,6 @@ class Trainer:
                 self.save()
         bar.close()
         self.save()
+        # One plain folder that `from_pretrained` and `longvid eval --model` load (weights gathered, LoRA merged).
+        self.export(Path(cfg.out_dir) / "final")
         return self.history

@@ -85,8 +85,8 @@ class LongvidLMM(lmms):
         max_frames: int | None = None,
         size: int | None = None,
         max_new_tokens: int = 256,
-        dtype: str = "float32",
-        device: str | None = None,
+        dtype: str = "auto",
+        device: str | None = "auto",
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         video_root: str | None = None,
@@ -118,12 +118,12 @@ class LongvidLMM(lmms):
         self.max_new_tokens = int(max_new_tokens)
         self.video_root = Path(video_root).resolve() if video_root else None
         path = None if pretrained in (None, "", "tiny") else str(pretrained)
+        # lmms-eval passes its --device ("cuda:0", "cuda", "cpu"); our config picks the GPU itself.
+        device = "cuda" if str(device or "auto").startswith("cuda") else str(device or "auto")
         self.adapter = load_adapter(
-            ModelConfig(path=path, dtype=dtype, attn_implementation=attn_implementation,
+            ModelConfig(path=path, dtype=dtype, device=device, attn_implementation=attn_implementation,
                         trust_remote_code=bool(trust_remote_code))
         )
-        if device:
-            self.adapter.model.to(device)
         self.adapter.model.eval()
         self.compressor = compressor_for(self.adapter, path, _optional(compress_ratio, int) or 1)
 

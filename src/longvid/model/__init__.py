@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..device import DTYPES, resolve_device, resolve_dtype
 from ..errors import ConfigError
 from .adapter import Prompt, VideoInputs, VisualEmbeds, VLMAdapter
-from .folder import adapter_base, check_model_folder, read_model_meta, resolve_model_path
+from .folder import adapter_base, check_model_folder, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def _families() -> dict:
@@ -36,9 +35,16 @@ def family_adapter(model_type: str) -> type:
     return family
 
 
-def load_adapter(config: ModelConfig) -> VLMAdapter:
-    """The tiny embedded default (no download) or a local checkpoint folder."""
-    dtype = DTYPES[config.dtype]
+def load_adapter(config: ModelConfig, device: torch.device | str | None = None) -> VLMAdapter:
+    """The tiny embedded default (no download) or a local checkpoint folder, on `device` (default:
+    `config.device`) in `config.dtype`."""
+    device = resolve_device(device if device is not None else config.device)
+    adapter = _load(config, resolve_dtype(config.dtype, device))
+    adapter.model.to(device)
+    return adapter
+
+
+def _load(config: ModelConfig, dtype: torch.dtype) -> VLMAdapter:
     if config.path is None:
         from .qwen2_5_vl import Qwen25VLAdapter
         from .tiny import build_tiny_model
@@ -66,16 +72,7 @@ def _load_lora_checkpoint(path: Path, config: ModelConfig) -> VLMAdapter:
     that is a local folder) with the adapter merged in."""
     from peft import PeftModel
 
-    meta = read_model_meta(path) or {}
-    base = meta.get("base_model")
-    if base is None:
-        named = adapter_base(path)
-        if not named or not (Path(named) / "config.json").is_file():
-            raise ConfigError(
-                f"{path} holds only a LoRA adapter, and its base model ({named!r} in adapter_config.json) is not a "
-                "local model folder; merge the adapter into its base, or train with longvid, which records the base"
-            )
-        base = {"path": named}
+    base = adapter_base(path, "model.path")
     base_config = dataclasses.replace(config, path=base.get("path"), seed=int(base.get("seed", config.seed)))
     log.info("%s is a LoRA adapter: loading its base %s and merging it", path, base_config.path or "(tiny default)")
     adapter = load_adapter(base_config)
@@ -83,4 +80,4 @@ def _load_lora_checkpoint(path: Path, config: ModelConfig) -> VLMAdapter:
     return adapter
 
 
-__all__ = ["Prompt", "VideoInputs", "VisualEmbeds", "VLMAdapter", "family_adapter", "load_adapter"]
+__all__ = ["DTYPES", "Prompt", "VideoInputs", "VisualEmbeds", "VLMAdapter", "family_adapter", "load_adapter"]

@@ -128,6 +128,10 @@ class VLMAdapter(Protocol):
         """The repeated blocks by role, for FSDP wrapping and activation checkpointing:
         "vision" (encoder blocks) and "llm" (decoder layers)."""
 
+    def entry_modules(self) -> list[torch.nn.Module]:
+        """The modules the adapter calls directly (each call is one forward entry): with `layers()`
+        they cover every parameter, so FSDP can shard each as a unit that gathers on its own call."""
+
     @property
     def device(self) -> torch.device: ...
 

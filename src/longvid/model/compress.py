@@ -438,7 +438,12 @@ def sp_hidden_states(sp: Any, layout: Layout) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# Rollout and GRPO over a compressed prefix
+# Rollout and GRPO over a compressed prefix. A trainer builds ONE layout per group (a ratio per
+# window, drawn or fixed) and uses it everywhere, so rollout and training see the same inputs:
+#   layout = Compressor(summary, ratio).layout(prompt, embeds, positions)   # or interleave(...)
+#   samples = compress.sample(adapter, layout, G, sampling_config)           # prefill once, evicted
+#   packed = rl.packing.pack(adapter, layout.embeds, layout.positions, responses)
+#   logp = compress.packed_logprobs(adapter, layout, packed, sp=sp)          # policy and reference
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample(adapter: VLMAdapter, layout: Layout, num_samples: int, config: Any, **kwargs: Any):

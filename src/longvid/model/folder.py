@@ -48,6 +48,9 @@ def check_model_folder(path: str | Path, *, what: str = "--model") -> str:
         if not weights.is_file():
             raise ConfigError(f"{what}: {folder} has adapter_config.json but no {ADAPTER_WEIGHTS}")
         check_safetensors(weights, what)
+        base = adapter_base(folder, what)
+        if base.get("path"):
+            check_model_folder(base["path"], what=f"{what} (the base model of {folder})")
         return "adapter"
     if (folder / "model" / "config.json").is_file() or (folder / "model" / "adapter_config.json").is_file():
         raise ConfigError(f"{what}: {folder} is a checkpoint folder; pass its model folder {folder / 'model'}")
@@ -65,13 +68,24 @@ def check_safetensors(file: Path, what: str) -> None:
         raise ConfigError(f"{what}: {file} is corrupt or truncated ({e})") from None
 
 
-def adapter_base(folder: str | Path) -> str | None:
-    """The base model an adapter folder's adapter_config.json names (None when it names none)."""
+def adapter_base(folder: str | Path, what: str = "--model") -> dict:
+    """The base model of an adapter-only folder, as {"path": folder or None (the tiny default),
+    "seed": ...}: from longvid.json (longvid records it), else the local folder adapter_config.json
+    names; ConfigError when neither says where the base is."""
     folder = resolve_model_path(folder)
+    base = (read_model_meta(folder) or {}).get("base_model")
+    if isinstance(base, dict):
+        return base
     try:
-        return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{folder}/adapter_config.json: cannot read it ({e})") from None
+        named = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{what}: {folder}/adapter_config.json: cannot read it ({e})") from None
+    if named and (Path(named) / "config.json").is_file():
+        return {"path": named}
+    raise ConfigError(
+        f"{what}: {folder} holds only a LoRA adapter, and its base model ({named!r} in adapter_config.json) is not a "
+        "local model folder; merge the adapter into its base, or train with longvid, which records the base"
+    )
 
 
 def _check_full_weights(folder: Path, what: str) -> None:

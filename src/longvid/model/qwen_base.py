@@ -168,6 +168,10 @@ class QwenVLAdapter:
     def layers(self) -> dict[str, list[torch.nn.Module]]:
         return {"vision": list(self.hf.model.visual.blocks), "llm": list(self.hf.model.language_model.layers)}
 
+    def entry_modules(self) -> list[torch.nn.Module]:
+        model = self.hf.model
+        return [model.visual, model.get_input_embeddings(), model.language_model, self.hf.lm_head]
+
     # -- video ----------------------------------------------------------------------------------
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:

@@ -382,6 +382,52 @@ def hybrid_attention(q, k, v, mask: ShardedMask, mesh: Mesh, scale: float | None
 # ------------------------------------------------------------------------------------------------
 # Hugging Face integration
 # ------------------------------------------------------------------------------------------------
+FLEX_ATTENTION = "longvid_flex"
+
+
+def _flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention signature (`[B, H, S, D]` in, `[B, S, H, D]` out) over FlexAttention
+    with the `BlockMask` passed as `attention_mask`: compiled on CUDA, eager elsewhere (eager flex
+    runs forward only; its backward is not implemented on CPU)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    if not isinstance(attention_mask, BlockMask):
+        raise ConfigError(f"attention {FLEX_ATTENTION!r} needs a BlockMask (from attention_for), got {type(attention_mask).__name__}")
+    if dropout or kwargs.get("sliding_window") is not None:
+        raise ConfigError(f"attention {FLEX_ATTENTION!r} supports neither dropout nor sliding windows")
+    flex = _compiled_flex() if query.is_cuda else flex_attention
+    gqa = query.shape[1] != key.shape[1]
+    out = flex(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def register_flex_attention() -> str:
+    """Register the FlexAttention function with transformers (once); returns its name.
+
+    transformers 5.24 refuses `attn_implementation="flex_attention"` for Qwen2.5-VL's text model,
+    but any function registered through `AttentionInterface` may be selected for it."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FLEX_ATTENTION, _flex_attention_forward)
+    return FLEX_ATTENTION
+
+
+def attention_for(mask_fn: MaskFn, length: int, device: torch.device, *, flex: bool | None = None):
+    """The attention implementation and the mask it takes, chosen together for a `length` sequence.
+
+    Returns `(name, mask)`: `(FLEX_ATTENTION, BlockMask)` where FlexAttention runs well (CUDA, or
+    `flex=True` to force it), else `(None, dense bool [1, 1, S, S])` for the model's own SDPA/eager
+    implementation. A caller runs the language model with `name` when it is not None
+    (`adapter.language_attention(name)`), so a block mask never reaches SDPA.
+    """
+    device = torch.device(device)
+    use_flex = device.type == "cuda" if flex is None else flex
+    if use_flex:
+        return register_flex_attention(), masks.block_mask(mask_fn, length, length, device=device)
+    return None, masks.prepared_mask(mask_fn, length, device)
+
+
 def register_sp_attention(mesh: Mesh, mode: str = "hybrid", tile: int = TILE) -> str:
     """Register sequence-parallel attention with transformers; returns the implementation name.
 

@@ -33,10 +33,14 @@ DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 
 def init_distributed(backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT, **kwargs) -> None:
-    """`init_process_group` from torchrun's environment: NCCL on GPUs, gloo on CPU, bounded collectives."""
+    """`init_process_group` from torchrun's environment: NCCL on GPUs, gloo on CPU, bounded collectives.
+
+    Under NCCL this process's GPU is `cuda:LOCAL_RANK`, set as the current device before the group
+    exists (NCCL binds each rank to the current device)."""
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        kwargs.setdefault("device_id", torch.device("cuda", torch.cuda.current_device()))
     dist.init_process_group(backend, timeout=timeout, **kwargs)
 
 

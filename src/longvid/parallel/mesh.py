@@ -9,6 +9,10 @@ ulysses_rank.
 One process with no `torch.distributed` is `Mesh.single()`: every size is 1, every group is
 `None`, and every collective in `longvid.parallel` is a no-op on it — callers never special-case
 it.
+
+The mesh also says where this process computes (`Mesh.device`): `cuda:LOCAL_RANK` under torchrun
+on GPUs (NCCL), the CPU under gloo, and for one process the first GPU when there is one unless
+told otherwise. Models, caches and the tensors of every collective live there.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import torch
 import torch.distributed as dist
 
+from ..device import resolve_device
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,14 +44,16 @@ class Mesh:
     # (what FSDP2 shards parameters over: the SP ranks of a group hold the same weights). Empty
     # when this is one process.
     device_meshes: dict = field(default_factory=dict, compare=False, repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"), compare=False)
 
     def __post_init__(self):
         if not self.device_meshes and self.world_size > 1:
             raise ConfigError("a mesh of more than one process needs its DeviceMeshes: build it with init_mesh()")
 
     @classmethod
-    def single(cls) -> Mesh:
-        return cls()
+    def single(cls, device: str | torch.device | None = "auto") -> Mesh:
+        """One process computing on `device` ("auto": the first GPU if there is one, else the CPU)."""
+        return cls(device=resolve_device(device))
 
     # sizes and coordinates ------------------------------------------------------------------
     @property
@@ -146,11 +154,15 @@ def check_heads(num_heads: int, num_kv_heads: int, ulysses: int) -> None:
         )
 
 
-def init_mesh(sp: int = 1, ulysses: int | None = None, ring: int | None = None) -> Mesh:
+def init_mesh(
+    sp: int = 1, ulysses: int | None = None, ring: int | None = None, device: str | torch.device | None = "auto"
+) -> Mesh:
     """The mesh of this job: from torch.distributed if initialised, else from torchrun's env.
 
     Validates the layout before any process group is created. Without torch.distributed and
-    without a multi-process torchrun environment this is `Mesh.single()` (when sp == 1).
+    without a multi-process torchrun environment this is `Mesh.single(device)` (when sp == 1).
+    With several processes the device follows the backend: NCCL computes on `cuda:LOCAL_RANK`,
+    gloo on the CPU (`device="cpu"` asks for gloo even where GPUs exist).
     """
     from .launch import init_distributed
 
@@ -161,17 +173,21 @@ def init_mesh(sp: int = 1, ulysses: int | None = None, ring: int | None = None) 
         rank = int(os.environ.get("RANK", "0"))
     dp, ring_size, ulysses_size = resolve_sizes(world_size, sp, ulysses, ring)
     if world_size == 1 and not (dist.is_available() and dist.is_initialized()):
-        return Mesh.single()
+        return Mesh.single(device)
+    wanted = resolve_device(device)
     if not dist.is_initialized():
-        init_distributed()
+        init_distributed("nccl" if wanted.type == "cuda" else "gloo")
     from torch.distributed.device_mesh import init_device_mesh
 
-    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    root = init_device_mesh(device_type, (dp, ring_size, ulysses_size), mesh_dim_names=DIMS)
+    if dist.get_backend() == "nccl":
+        here = torch.device("cuda", torch.cuda.current_device())
+    else:
+        here = torch.device("cpu")
+    root = init_device_mesh(here.type, (dp, ring_size, ulysses_size), mesh_dim_names=DIMS)
     meshes = {name: root[name] for name in DIMS}
     # Merged dims the way torchtitan makes them; kept here, not sliced from the root later.
     meshes["sp"] = root["ring", "ulysses"]._flatten("sp")
     meshes["dp_sp"] = root._flatten("dp_sp")
-    mesh = Mesh(dp_size=dp, ring_size=ring_size, ulysses_size=ulysses_size, rank=rank, device_meshes=meshes)
-    log.info("mesh: dp=%d x sp=%d (ring %d x ulysses %d), rank %d", dp, mesh.sp_size, ring_size, ulysses_size, rank)
+    mesh = Mesh(dp_size=dp, ring_size=ring_size, ulysses_size=ulysses_size, rank=rank, device_meshes=meshes, device=here)
+    log.info("mesh: dp=%d x sp=%d (ring %d x ulysses %d), rank %d on %s", dp, mesh.sp_size, ring_size, ulysses_size, rank, here)
     return mesh

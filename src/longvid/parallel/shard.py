@@ -199,6 +199,23 @@ def all_reduce_grads(parameters, mesh: Mesh) -> None:
             dist.all_reduce(p.grad, group=mesh.sp_group)
 
 
+def reduce_replicated_grads(parameters, mesh: Mesh, *, dp_mean: bool = False) -> None:
+    """Gradient reduction when parameters are replicated (FSDP off): sum over the SP group (its
+    ranks hold parts of one sequence), then sum over data-parallel ranks (losses normalised by a
+    global count) or average (`dp_mean`, DDP's convention, for losses normalised per rank)."""
+    if mesh.world_size == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            continue
+        if mesh.sp_size > 1:
+            dist.all_reduce(p.grad, group=mesh.sp_group)
+        if mesh.dp_size > 1:
+            dist.all_reduce(p.grad, group=mesh.dp_group)
+            if dp_mean:
+                p.grad.div_(mesh.dp_size)
+
+
 def _pad_dim(x: torch.Tensor, dim: int, length: int, value: float) -> torch.Tensor:
     """`x` padded with `value` at the end of `dim` to `length`."""
     extra = length - x.shape[dim]

@@ -32,8 +32,8 @@ from ..errors import ConfigError
 from ..inputs import Encoded, question_text
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from ..model.sampling import SamplingConfig
-from ..parallel.apply import SequenceParallel
 from ..parallel.mesh import Mesh
+from ..parallel.parallelize import parallelize
 from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
 from ..video.sources import is_generated
@@ -138,14 +138,197 @@ class GRPOTrainer(Trainer):
         )
         mesh = self.sp.mesh
         par = config.parallel
-        self.ref_sp = SequenceParallel(self.reference, mesh, mode=par.mode, layout=par.layout) if self.reference else None
+        self.ref_sp = parallelize(self.reference, mesh, par, trainable=False) if self.reference else None
         # Without `video_key` a video's identity is a hash of its decoded pixels (decoded every step).
         self.video_key = video_key
         self.rewards = RewardSuite.from_weights(config.rewards)
         self.cache = EmbeddingCache(config.cache_bytes, offload=config.cache_offload)
         self.encoder_version = 0
 
-    # -- one step --------------------------------------------------------------------------------
+    # -- one step, in phases ------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        timer = _PhaseTimer()
+        groups, videos = self._rollout(self._next_batch(), timer)
+        scored = self._score(groups, timer)
+        stats, grad_norm = self._optimize(groups, videos, scored, timer)
+        self.step += 1
+        record = self._record(groups, scored, stats, grad_norm, timer)
+        self.history.append(record)
+        return record
+
+    def _next_batch(self) -> list[tuple[int, Sample]]:
+        """This rank's prompts with their places in the step's global batch (every rank draws the
+        whole batch from the shared sample order and takes every dp_size-th)."""
+        mesh = self.sp.mesh
+        indices = self.sampler.take(self.config.batch_size * mesh.dp_size)
+        return [(j, self.samples[indices[j]]) for j in range(mesh.dp_rank, len(indices), mesh.dp_size)]
+
+    def _rollout(self, batch: list[tuple[int, Sample]], timer: _PhaseTimer) -> tuple[list[Group], list[VideoInputs | None]]:
+        """Encode (or fetch) every prompt's video, then sample all B x G responses in one decode loop."""
+        cfg = self.config
+        self.adapter.model.eval()
+        # Whole parameters while ranks decode (and miss the cache) independently: no FSDP collectives.
+        with self.sp.full_parameters():
+            with timer("encode"):
+                encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
+            generators = [self._prompt_generator(place) for place, _ in batch]
+            with timer("rollout"):
+                groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
+        return groups, list(videos)
+
+    def _prompt_generator(self, place: int) -> torch.Generator:
+        """The random stream of one prompt, a function of (seed, step, place in the global batch) only:
+        resume needs no generator state, SP ranks of a replica sample alike, DP ranks differently,
+        and a run with DP = n samples what one process with an n times larger batch samples."""
+        seed = np.random.SeedSequence((self.config.seed, self.step, place)).generate_state(1, np.uint64)[0]
+        return torch.Generator(device=self.adapter.device).manual_seed(int(seed))
+
+    def _score(self, groups: list[Group], timer: _PhaseTimer) -> _Scored:
+        """Rewards, group advantages, DAPO's filter, and the counts every rank must agree on."""
+        cfg = self.config
+        with timer("reward"):
+            g = cfg.group_size
+            rewards = self.rewards(
+                [question_text(grp.encoded.sample) for grp in groups for _ in range(g)],
+                [text for grp in groups for text in grp.texts],
+                **{name: [_column(grp.encoded.sample, name) for grp in groups for _ in range(g)]
+                   for name in ("answer", "options", "category", "id")},
+            )
+            advantages = self._advantages(rewards.total, g)
+            keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
+        kept = [i for i in range(len(groups)) if keep[i]]
+        tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
+        kept_per_rank, total_tokens = self._gather_counts(len(kept), tokens)
+        return _Scored(rewards, advantages, kept, kept_per_rank, total_tokens)
+
+    def _optimize(
+        self, groups: list[Group], videos: list[VideoInputs | None], scored: _Scored, timer: _PhaseTimer
+    ) -> tuple[dict[str, list[float]], float]:
+        """`num_iterations` optimizer steps over the kept groups, one forward/backward per group.
+
+        Every data-parallel rank runs the same number of passes (the most groups any rank kept) and
+        the same optimizer steps, whatever it filtered: a rank with fewer kept groups fills up with
+        zero-weight passes (zero gradient, same collectives, as FSDP needs). If no rank kept a group,
+        every rank skips the update."""
+        cfg = self.config
+        stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip": [], "drift": [], "drift_max": []}
+        if scored.passes == 0:
+            return stats, 0.0
+        old_logps: dict[int, torch.Tensor] = {}
+        grad_norm = 0.0
+        self.adapter.model.train()
+        for iteration in range(cfg.num_iterations):
+            for slot in range(scored.passes):
+                real = slot < len(scored.kept)
+                i = scored.kept[slot] if real else (scored.kept or [0])[0]
+                mask, logp, loss, metrics = self._forward_backward(
+                    groups[i], videos[i], scored.advantages[i], old_logps.get(i), scored, 1.0 if real else 0.0, timer
+                )
+                if not real:
+                    continue
+                if iteration == 0:
+                    # Same weights as the rollout: any difference is a bug in the input path.
+                    diff = (logp - groups[i].samples.logprobs.to(logp.dtype)).abs()[mask]
+                    stats["drift"].append(float(diff.mean()))
+                    stats["drift_max"].append(float(diff.max()))
+                    old_logps[i] = logp
+                stats["loss"].append(float(loss))
+                stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
+                stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
+            # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
+            grad_norm = self.optimizer_step(dp_mean=True)
+            if cfg.train_vision:
+                self.encoder_version += 1  # cached embeddings of the old tower are stale now
+        return stats, grad_norm
+
+    def _forward_backward(
+        self,
+        group: Group,
+        video: VideoInputs | None,
+        advantages: torch.Tensor,
+        old_logp: torch.Tensor | None,
+        scored: _Scored,
+        weight: float,
+        timer: _PhaseTimer,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Policy and reference passes over one packed group, its GRPO loss, and `weight * loss`'s
+        backward. Returns the response mask, the detached log-probs, the loss and its metrics."""
+        cfg = self.config
+        with timer("policy"):
+            packed = self._policy_inputs(group, video)
+            logp = packed_logprobs(self.adapter, packed, temperature=cfg.temperature, sp=self.sp)
+        with timer("reference"):
+            ref_logp = self._reference_logprobs(group)
+        with timer("backward"):
+            loss, metrics = grpo_loss(
+                logp,
+                old_logp,  # None on the first pass: the ratio is 1 in value, as TRL's single iteration
+                ref_logp,
+                advantages.to(logp.dtype),
+                packed.mask,
+                epsilon_low=cfg.epsilon_low,
+                epsilon_high=cfg.epsilon_high,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,
+                max_completion_length=cfg.max_new_tokens,
+                num_items_in_batch=scored.tokens,
+                num_processes=self.sp.mesh.dp_size,
+                gradient_accumulation_steps=scored.accumulation,
+                kl_ratio_correction=cfg.kl_ratio_correction,
+                log_ratio_clamp=cfg.log_ratio_clamp,
+                dual_clip=cfg.dual_clip,
+            )
+            (loss * weight).backward()
+        return packed.mask, logp.detach(), loss.detach(), metrics
+
+    def _record(
+        self, groups: list[Group], scored: _Scored, stats: dict[str, list[float]], grad_norm: float, timer: _PhaseTimer
+    ) -> dict[str, float]:
+        lengths = torch.cat([grp.samples.lengths for grp in groups]).float()
+        means = scored.rewards.means()
+        return {
+            "step": self.step,
+            "loss": sum(stats["loss"]) / self.config.num_iterations,
+            "reward": float(scored.rewards.total.mean()),
+            **{f"reward/{name}": value for name, value in means.items()},
+            "accuracy": means.get("accuracy", float("nan")),
+            "kl": _mean(stats["kl"]),
+            "clip_fraction": _mean(stats["clip"]),
+            "response_length": float(lengths.mean()),
+            "drift": _mean(stats["drift"]),
+            "drift_max": max(stats["drift_max"], default=0.0),
+            "groups_kept": len(scored.kept),
+            "groups_kept_all_ranks": sum(scored.kept_per_rank),
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "cache_hit_rate": self.cache.stats.hit_rate,
+            **{f"time/{k}": v for k, v in timer.times.items()},
+        }
+
+    def _gather_counts(self, kept: int, tokens: int) -> tuple[list[int], float]:
+        """Kept groups of every data-parallel rank, and the kept completion tokens over all of them."""
+        mesh = self.sp.mesh
+        if mesh.dp_size == 1:
+            return [kept], float(tokens)
+        mine = torch.tensor([kept, tokens], dtype=torch.float64, device=self.adapter.device)
+        everyone = mine.new_empty(mesh.dp_size * 2)
+        torch.distributed.all_gather_single(everyone, mine, group=mesh.dp_group)
+        counts = everyone.view(mesh.dp_size, 2).cpu()
+        return [int(k) for k in counts[:, 0]], float(counts[:, 1].sum())
+
+    def _advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Group advantages; "batch" scaling uses the std of the whole data-parallel batch, as TRL does."""
+        mesh = self.sp.mesh
+        if self.config.scale_rewards != "batch" or mesh.dp_size == 1:
+            return group_advantages(rewards, group_size, self.config.scale_rewards).view(-1, group_size)
+        mine = rewards.to(self.adapter.device).contiguous()
+        everything = mine.new_empty(mesh.dp_size * rewards.numel())
+        torch.distributed.all_gather_single(everything, mine, group=mesh.dp_group)
+        part = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
+        return group_advantages(everything.cpu(), group_size, "batch")[part].view(-1, group_size)
+
+    # -- the phases' inputs: cached embeddings, packed groups, reference log-probs ------------------
 
     def _identity(self, sample: Sample) -> tuple[str, Frames | None]:
         """The video's content identity, and its frames if finding it meant decoding them."""
@@ -200,186 +383,7 @@ class GRPOTrainer(Trainer):
                 packed = self._packed(self.adapter, group, group.encoded.visual)
                 return packed_logprobs(self.adapter, packed, temperature=temperature, sp=self.sp)
 
-    def train_step(self) -> dict[str, float]:
-        timer = _PhaseTimer()
-        groups, videos = self._rollout(self._next_batch(), timer)
-        scored = self._score(groups, timer)
-        stats, grad_norm = self._optimize(groups, videos, scored, timer)
-        self.step += 1
-        record = self._record(groups, scored, stats, grad_norm, timer)
-        self.history.append(record)
-        return record
-
-    # -- phases ----------------------------------------------------------------------------------
-
-    def _next_batch(self) -> list[tuple[int, Sample]]:
-        """This rank's prompts with their places in the step's global batch (every rank draws the
-        whole batch from the shared sample order and takes every dp_size-th)."""
-        mesh = self.sp.mesh
-        indices = self.sampler.take(self.config.batch_size * mesh.dp_size)
-        return [(j, self.samples[indices[j]]) for j in range(mesh.dp_rank, len(indices), mesh.dp_size)]
-
-    def _rollout(self, batch: list[tuple[int, Sample]], timer: "_PhaseTimer") -> tuple[list[Group], list[VideoInputs | None]]:
-        """Encode (or fetch) every prompt's video, then sample all B x G responses in one decode loop."""
-        cfg = self.config
-        self.adapter.model.eval()
-        with timer("encode"):
-            encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
-        generators = [self._prompt_generator(place) for place, _ in batch]
-        with timer("rollout"):
-            groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
-        return groups, list(videos)
-
-    def _prompt_generator(self, place: int) -> torch.Generator:
-        """The random stream of one prompt, a function of (seed, step, place in the global batch) only:
-        resume needs no generator state, SP ranks of a replica sample alike, DP ranks differently,
-        and a run with DP = n samples what one process with an n times larger batch samples."""
-        seed = np.random.SeedSequence((self.config.seed, self.step, place)).generate_state(1, np.uint64)[0]
-        return torch.Generator(device=self.adapter.device).manual_seed(int(seed))
-
-    def _score(self, groups: list[Group], timer: "_PhaseTimer") -> "_Scored":
-        """Rewards, group advantages, DAPO's filter, and the counts every rank must agree on."""
-        cfg = self.config
-        with timer("reward"):
-            g = cfg.group_size
-            rewards = self.rewards(
-                [question_text(grp.encoded.sample) for grp in groups for _ in range(g)],
-                [text for grp in groups for text in grp.texts],
-                **{name: [_column(grp.encoded.sample, name) for grp in groups for _ in range(g)]
-                   for name in ("answer", "options", "category", "id")},
-            )
-            advantages = self._advantages(rewards.total, g)
-            keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
-        kept = [i for i in range(len(groups)) if keep[i]]
-        tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
-        kept_per_rank, total_tokens = self._gather_counts(len(kept), tokens)
-        return _Scored(rewards, advantages, kept, kept_per_rank, total_tokens)
-
-    def _optimize(
-        self, groups: list[Group], videos: list[VideoInputs | None], scored: "_Scored", timer: "_PhaseTimer"
-    ) -> tuple[dict[str, list[float]], float]:
-        """`num_iterations` optimizer steps over the kept groups, one forward/backward per group.
-
-        Every data-parallel rank runs the same number of passes (the most groups any rank kept) and
-        the same optimizer steps, whatever it filtered: a rank with fewer kept groups fills up with
-        zero-weight passes (zero gradient, same collectives, as FSDP needs). If no rank kept a group,
-        every rank skips the update."""
-        cfg = self.config
-        stats: dict[str, list[float]] = {"loss": [], "kl": [], "clip": [], "drift": [], "drift_max": []}
-        if scored.passes == 0:
-            return stats, 0.0
-        old_logps: dict[int, torch.Tensor] = {}
-        grad_norm = 0.0
-        self.adapter.model.train()
-        for iteration in range(cfg.num_iterations):
-            for slot in range(scored.passes):
-                real = slot < len(scored.kept)
-                i = scored.kept[slot] if real else (scored.kept or [0])[0]
-                mask, logp, loss, metrics = self._forward_backward(
-                    groups[i], videos[i], scored.advantages[i], old_logps.get(i), scored, 1.0 if real else 0.0, timer
-                )
-                if not real:
-                    continue
-                if iteration == 0:
-                    # Same weights as the rollout: any difference is a bug in the input path.
-                    diff = (logp - groups[i].samples.logprobs.to(logp.dtype)).abs()[mask]
-                    stats["drift"].append(float(diff.mean()))
-                    stats["drift_max"].append(float(diff.max()))
-                    old_logps[i] = logp
-                stats["loss"].append(float(loss))
-                stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
-                stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
-            # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
-            grad_norm = self.optimizer_step(dp_mean=True)
-            if cfg.train_vision:
-                self.encoder_version += 1  # cached embeddings of the old tower are stale now
-        return stats, grad_norm
-
-    def _forward_backward(
-        self,
-        group: Group,
-        video: VideoInputs | None,
-        advantages: torch.Tensor,
-        old_logp: torch.Tensor | None,
-        scored: "_Scored",
-        weight: float,
-        timer: "_PhaseTimer",
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Policy and reference passes over one packed group, its GRPO loss, and `weight * loss`'s
-        backward. Returns the response mask, the detached log-probs, the loss and its metrics."""
-        cfg = self.config
-        with timer("policy"):
-            packed = self._policy_inputs(group, video)
-            logp = packed_logprobs(self.adapter, packed, temperature=cfg.temperature, sp=self.sp)
-        with timer("reference"):
-            ref_logp = self._reference_logprobs(group)
-        with timer("backward"):
-            loss, metrics = grpo_loss(
-                logp,
-                old_logp,  # None on the first pass: the ratio is 1 in value, as TRL's single iteration
-                ref_logp,
-                advantages.to(logp.dtype),
-                packed.mask,
-                epsilon_low=cfg.epsilon_low,
-                epsilon_high=cfg.epsilon_high,
-                beta=cfg.beta,
-                loss_type=cfg.loss_type,
-                max_completion_length=cfg.max_new_tokens,
-                num_items_in_batch=scored.tokens,
-                num_processes=self.sp.mesh.dp_size,
-                gradient_accumulation_steps=scored.accumulation,
-                kl_ratio_correction=cfg.kl_ratio_correction,
-                log_ratio_clamp=cfg.log_ratio_clamp,
-                dual_clip=cfg.dual_clip,
-            )
-            (loss * weight).backward()
-        return packed.mask, logp.detach(), loss.detach(), metrics
-
-    def _record(
-        self, groups: list[Group], scored: "_Scored", stats: dict[str, list[float]], grad_norm: float, timer: "_PhaseTimer"
-    ) -> dict[str, float]:
-        lengths = torch.cat([grp.samples.lengths for grp in groups]).float()
-        means = scored.rewards.means()
-        return {
-            "step": self.step,
-            "loss": sum(stats["loss"]) / self.config.num_iterations,
-            "reward": float(scored.rewards.total.mean()),
-            **{f"reward/{name}": value for name, value in means.items()},
-            "accuracy": means.get("accuracy", float("nan")),
-            "kl": _mean(stats["kl"]),
-            "clip_fraction": _mean(stats["clip"]),
-            "response_length": float(lengths.mean()),
-            "drift": _mean(stats["drift"]),
-            "drift_max": max(stats["drift_max"], default=0.0),
-            "groups_kept": len(scored.kept),
-            "groups_kept_all_ranks": sum(scored.kept_per_rank),
-            "grad_norm": grad_norm,
-            "lr": self.scheduler.get_last_lr()[0],
-            "cache_hit_rate": self.cache.stats.hit_rate,
-            **{f"time/{k}": v for k, v in timer.times.items()},
-        }
-
-    def _gather_counts(self, kept: int, tokens: int) -> tuple[list[int], float]:
-        """Kept groups of every data-parallel rank, and the kept completion tokens over all of them."""
-        mesh = self.sp.mesh
-        if mesh.dp_size == 1:
-            return [kept], float(tokens)
-        mine = torch.tensor([kept, tokens], dtype=torch.float64, device=self.adapter.device)
-        everyone = mine.new_empty(mesh.dp_size * 2)
-        torch.distributed.all_gather_single(everyone, mine, group=mesh.dp_group)
-        counts = everyone.view(mesh.dp_size, 2).cpu()
-        return [int(k) for k in counts[:, 0]], float(counts[:, 1].sum())
-
-    def _advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        """Group advantages; "batch" scaling uses the std of the whole data-parallel batch, as TRL does."""
-        mesh = self.sp.mesh
-        if self.config.scale_rewards != "batch" or mesh.dp_size == 1:
-            return group_advantages(rewards, group_size, self.config.scale_rewards).view(-1, group_size)
-        mine = rewards.to(self.adapter.device).contiguous()
-        everything = mine.new_empty(mesh.dp_size * rewards.numel())
-        torch.distributed.all_gather_single(everything, mine, group=mesh.dp_group)
-        part = slice(mesh.dp_rank * rewards.numel(), (mesh.dp_rank + 1) * rewards.numel())
-        return group_advantages(everything.cpu(), group_size, "batch")[part].view(-1, group_size)
+    # -- checkpoint state ---------------------------------------------------------------------------
 
     def extra_state(self) -> dict:
         # The rollout's random streams are functions of (seed, step, place), so no rank has sampler

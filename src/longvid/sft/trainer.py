@@ -123,7 +123,8 @@ class SFTTrainer(Trainer):
                 hidden = self.sp.hidden_states(embeds, positions, deepstack=visual.deepstack)
                 labels = self.sp.shard(labels, pad_value=-100)
             keep = labels >= 0
-            logits = adapter.logits(hidden[keep]).float()
+            logits = adapter.logits(hidden[keep])
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least float32
             loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum") / total_tokens
             loss.backward()
             loss_sum += loss.item()

@@ -1,0 +1,296 @@
+"""GPU check: a Qwen2.5-VL-shaped model (random init from a 3B or 7B config, no download) through
+prefill, training forward/backward, an SFT step and a GRPO step, with FSDP under torchrun.
+
+Prints ONE JSON object: step times, tokens/s, peak memory, model FLOPs utilisation (MFU) of the
+prefill and of the training forward/backward against the chip's dense bf16 peak (stated in the
+output; H100/H200 detected by name), and the equivalence of the FlexAttention and dense paths on
+the shared-prefix (GRPO packing) mask, forward and backward.
+
+    python bench/gpu.py --size 3b                       # one GPU (a mesh of one: no FSDP)
+    torchrun --nproc-per-node 8 bench/gpu.py --size 7b  # FSDP over 8 GPUs
+
+FLOPs are counted analytically (`forward_flops`): 2 per multiply-add of every language-model
+matmul (attention projections, MLP, LM head) plus attention scores and values (causal: each query
+sees on average half the sequence). Training counts 3x the forward (backward = 2x), without the
+recomputation of activation checkpointing (the usual MFU convention). Refuses to run without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the in-memory flash fixtures
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (no sparsity), TFLOP/s.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
+
+# Shapes of the public Qwen2.5-VL checkpoints' config.json (text and vision towers).
+SHAPES = {
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, temporal_patch_size=2,
+              spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+
+
+def peak_flops(device_name: str) -> tuple[float, str]:
+    """(peak bf16 FLOP/s, the table entry used) for a CUDA device name; longest match wins."""
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return PEAK_BF16_TFLOPS[key] * 1e12, key
+    raise SystemExit(f"bench/gpu.py: no bf16 peak known for {device_name!r}; add it to PEAK_BF16_TFLOPS")
+
+
+def model_config(size: str, tokenizer):
+    """A Qwen2.5-VL config of the public `size` shapes whose special-token ids match `tokenizer`
+    (the embedded tiny tokenizer; the vocabulary keeps the real size)."""
+    from transformers import Qwen2_5_VLConfig
+
+    from longvid.model.tiny import SPECIAL_TOKENS
+
+    if size not in SHAPES:
+        raise SystemExit(f"--size must be one of {', '.join(SHAPES)}, got {size!r}")
+    text = dict(SHAPES[size])
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    if max(ids.values()) >= text["vocab_size"]:
+        raise ValueError("tokenizer ids do not fit the vocabulary")
+    tie = text.pop("tie_word_embeddings")
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            **text, max_position_embeddings=128000, rope_theta=1000000.0,
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=tie,
+        ),
+        vision_config=dict(**VISION, out_hidden_size=text["hidden_size"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie,
+    )
+
+
+def matmul_params(config) -> int:
+    """Weights of the language model's matmuls per token: every decoder layer's projections and the LM head."""
+    t = config.text_config
+    head_dim = t.hidden_size // t.num_attention_heads
+    attention = 2 * t.hidden_size * t.num_attention_heads * head_dim + 2 * t.hidden_size * t.num_key_value_heads * head_dim
+    mlp = 3 * t.hidden_size * t.intermediate_size
+    return t.num_hidden_layers * (attention + mlp) + t.hidden_size * t.vocab_size
+
+
+def forward_flops(config, seq_len: int, *, causal: bool = True) -> float:
+    """Forward FLOPs of the language model over one `seq_len` sequence (matmuls + attention)."""
+    t = config.text_config
+    width = t.num_attention_heads * (t.hidden_size // t.num_attention_heads)
+    seen = seq_len / 2 if causal else seq_len  # keys each query attends to, on average
+    attention = 2 * 2 * t.num_hidden_layers * width * seen  # QK^T and PV per query token
+    return seq_len * (2 * matmul_params(config) + attention)
+
+
+def _time(fn, repeats: int) -> float:
+    """Best wall time of `fn` over `repeats` runs after one warm-up, synchronised."""
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak(fn) -> tuple[float, int]:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated()
+
+
+def build_adapter(size: str, device: torch.device):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from longvid.model.qwen2_5_vl import Qwen25VLAdapter
+    from longvid.model.tiny import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    config = model_config(size, tokenizer)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # allocate in bf16 from the start (no fp32 copy)
+    try:
+        with device:
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return Qwen25VLAdapter(model, tokenizer)
+
+
+def prefill_mfu(adapter, seq_len: int, peak: float, repeats: int) -> dict:
+    embeds = torch.randn(1, seq_len, adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
+    positions = torch.arange(seq_len, device=adapter.device).expand(3, 1, -1)
+
+    @torch.no_grad()
+    def run():
+        hidden, _ = adapter.hidden_states(embeds, positions)
+        adapter.logits(hidden[:, -1:])
+
+    seconds = _time(run, repeats)
+    flops = forward_flops(adapter.hf.config, seq_len)
+    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": flops / seconds / peak}
+
+
+def train_mfu(adapter, seq_len: int, peak: float, repeats: int) -> dict:
+    from longvid.model.common import token_logprobs
+
+    embeds = torch.randn(1, seq_len, adapter.hidden_size, device=adapter.device, dtype=adapter.dtype)
+    positions = torch.arange(seq_len, device=adapter.device).expand(3, 1, -1)
+    targets = torch.randint(0, 1000, (seq_len,), device=adapter.device)
+    adapter.model.train()
+
+    def run():
+        hidden, _ = adapter.hidden_states(embeds, positions)
+        (-token_logprobs(adapter, hidden[0], targets).mean()).backward()
+        adapter.model.zero_grad(set_to_none=True)
+
+    seconds = _time(run, repeats)
+    flops = 3 * forward_flops(adapter.hf.config, seq_len)
+    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": flops / seconds / peak}
+
+
+def flex_vs_dense(device: torch.device, seq_len: int = 4096, heads: int = 8, kv_heads: int = 2, dim: int = 128) -> dict:
+    """FlexAttention (compiled, BlockMask) vs SDPA with the dense mask on a shared-prefix packing:
+    max |difference| of outputs and of dQ, dK, dV, in float32 (and bf16)."""
+    import torch.nn.functional as F
+
+    from longvid.masks import dense_mask, shared_prefix
+    from longvid.parallel.attention import _flex_attention_forward, attention_for
+
+    prefix = seq_len // 2
+    lengths = [(seq_len - prefix) // 4] * 4
+    seg = torch.cat([torch.zeros(prefix, dtype=torch.long)] + [torch.full((n,), g + 1) for g, n in enumerate(lengths)])
+    seg = torch.cat([seg, torch.full((seq_len - len(seg),), 4)]).to(device)
+    mask_fn = shared_prefix(seg)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(1, h, seq_len, dim, device=device, dtype=dtype, generator=g).requires_grad_()
+                   for h in (heads, kv_heads, kv_heads))
+        name, block = attention_for(mask_fn, seq_len, device)
+        flex, _ = _flex_attention_forward(None, q, k, v, block, scaling=dim**-0.5)
+        grads_flex = torch.autograd.grad(flex.float().square().sum(), (q, k, v))
+        dense = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=dense_mask(mask_fn, seq_len, seq_len, device=device), scale=dim**-0.5, enable_gqa=True
+        ).transpose(1, 2)
+        grads_dense = torch.autograd.grad(dense.float().square().sum(), (q, k, v))
+        out[str(dtype).removeprefix("torch.")] = {
+            "implementation": name,
+            "forward_max_abs": float((flex.float() - dense.float()).abs().max()),
+            "backward_max_abs": max(float((a.float() - b.float()).abs().max()) for a, b in zip(grads_flex, grads_dense)),
+        }
+    return out
+
+
+def sft_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: int) -> dict:
+    from helpers import flash_set
+    from longvid.config import ParallelConfig, VideoConfig
+    from longvid.sft.trainer import SFTConfig, SFTTrainer
+    from longvid.training import OptimConfig
+
+    samples, frames = flash_set(2 * mesh.dp_size, num_frames=num_frames, size=size)
+    cfg = SFTConfig(
+        train=__file__, out_dir=f"{out_dir}/sft", steps=steps, grad_accum=1, progress=False, log_every=0,
+        video=VideoConfig(num_frames=num_frames, size=size), optim=OptimConfig(lr=1e-6, warmup_steps=0),
+        parallel=ParallelConfig(sp=1, activation_checkpointing=True), freeze_vision=True,
+    )
+    trainer = SFTTrainer(adapter, cfg, samples, frames, mesh=mesh)
+    records = []
+    for _ in range(steps):
+        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()))
+        records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
+    last = records[-1]
+    return {"step_s": last["seconds"], "tokens_per_s": last["tokens_per_s"], "peak_gib": last["peak_bytes"] / 2**30,
+            "loss": last["loss"]}
+
+
+def grpo_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: int) -> dict:
+    """GRPO through the public trainer API (beta 0: no reference copy)."""
+    from helpers import flash_set
+    from longvid.config import ParallelConfig, VideoConfig
+    from longvid.rl.trainer import GRPOConfig, GRPOTrainer
+
+    samples, frames = flash_set(2 * mesh.dp_size, num_frames=num_frames, size=size)
+    cfg = GRPOConfig(
+        train=__file__, out_dir=f"{out_dir}/grpo", steps=steps, batch_size=1, group_size=4, max_new_tokens=32,
+        progress=False, log_every=0, video=VideoConfig(num_frames=num_frames, size=size),
+        parallel=ParallelConfig(sp=1, activation_checkpointing=True),
+    )
+    trainer = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh)
+    records = []
+    for _ in range(steps):
+        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()))
+        records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
+    last = records[-1]
+    return {"step_s": last["seconds"], "peak_gib": last["peak_bytes"] / 2**30,
+            **{k: v for k, v in last.items() if k.startswith("time/")}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="3b", choices=sorted(SHAPES))
+    parser.add_argument("--prefill-tokens", type=int, default=16384)
+    parser.add_argument("--train-tokens", type=int, default=8192)
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--frame-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: prefill,train,flex,sft,grpo")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench/gpu.py needs a CUDA GPU (none is visible to torch); CPU figures come from bench/sp.py and "
+              "bench/fsdp.py", file=sys.stderr)
+        return 2
+    from longvid.parallel.mesh import init_mesh
+
+    mesh = init_mesh(device="cuda")
+    device = mesh.device
+    name = torch.cuda.get_device_name(device)
+    peak, chip = peak_flops(name)
+    skip = set(filter(None, args.skip.split(",")))
+    adapter = build_adapter(args.size, device)
+    result = {
+        "device": name, "gpus": mesh.world_size, "peak_bf16_tflops": peak / 1e12, "peak_from": chip,
+        "model": f"Qwen2.5-VL-{args.size} shapes, random init, bf16",
+        "llm_matmul_params": matmul_params(adapter.hf.config),
+    }
+    if mesh.world_size == 1:
+        # Whole-model passes measure kernels, not sharding: on one process, before any FSDP.
+        if "prefill" not in skip:
+            result["prefill"] = prefill_mfu(adapter, args.prefill_tokens, peak, args.repeats)
+        if "train" not in skip:
+            result["train_fwd_bwd"] = train_mfu(adapter, args.train_tokens, peak, args.repeats)
+    if "flex" not in skip:
+        result["flex_vs_dense"] = flex_vs_dense(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "sft" not in skip:
+            result["sft"] = sft_step(adapter, mesh, args.frames, args.frame_size, tmp, args.steps)
+        if "grpo" not in skip:
+            result["grpo"] = grpo_step(build_adapter(args.size, device), mesh, args.frames, args.frame_size, tmp, args.steps)
+    if mesh.rank == 0:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
