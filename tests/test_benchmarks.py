@@ -214,6 +214,7 @@ def mlvu_files(tmp_path_factory):
         {"video": "p1.mp4", "question": "Which colour?", "candidates": cands, "answer": "blue"},
         {"video": "p1.mp4", "question": "Which one?", "candidates": cands, "answer": "purple"},
     ]))
+    (json_dir / "9_summary.json").write_text(json.dumps([{"video": "p1.mp4", "question": "Summarize.", "answer": "…"}]))
     (json_dir / "2_needle.json").write_text(json.dumps([
         {"video": "n1.webm", "question": "What is hidden?", "candidates": cands, "answer": "red"},
         {"video": "n1.webm", "question": "What else?", "candidates": ["a", "a", "b"], "answer": "a"},

@@ -146,3 +146,22 @@ def test_eval_reward_and_filter_grade_alike(monkeypatch):
     assert evaluated == [True, True, True, False]
     assert rewarded == [1.0, 1.0, 1.0, 0.0]
     assert filtered == [[True, True], [True, True], [True, True], [False, False]]
+
+
+def test_the_command_serves_spec_datasets_without_the_caller_importing_synth(tmp_path):
+    """A fresh interpreter: only `longvid.cli` is imported, and `synth:` rows still load."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    row = {"id": "s", "video": "synth:plot?frames=8&seed=1&size=56", "question": "Which colour first?",
+           "answer": "A", "category": "plot", "options": ["red", "green", "blue", "yellow"]}
+    (tmp_path / "specs.jsonl").write_text(json.dumps(row) + "\n")
+    code = ("import sys; from longvid.cli import main; "
+            f"sys.exit(main(['eval', '--data', {str(tmp_path / 'specs.jsonl')!r}, '--out', {str(tmp_path / 'out')!r}, "
+            "'--frames', '8', '--max-new-tokens', '2']))")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["num_samples"] == 1

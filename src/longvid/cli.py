@@ -215,8 +215,8 @@ def _eval_benchmark(args: argparse.Namespace) -> int:
     loaded = load_checked(bench, data, videos, skip_bad=args.skip_bad)  # bad rows fail before the model loads
     video = _inference_video(args)
     adapter = load_adapter(ModelConfig(path=args.model, device=args.device, dtype=args.dtype))
-    result = run_benchmark(bench, adapter, loaded, videos, num_frames=video.num_frames, size=video.size,
-                           max_new_tokens=args.max_new_tokens, limit=args.limit, skip_bad=args.skip_bad)
+    result = run_benchmark(bench, adapter, loaded, videos, video=video, max_new_tokens=args.max_new_tokens,
+                           limit=args.limit, skip_bad=args.skip_bad, compressor=_eval_compressor(args, adapter))
     path = write_report(bench, result, Path(args.out))
     print(f"{bench.title}: official {100 * result.official['overall']:.1f}%, ours {100 * result.ours.accuracy:.1f}% "
           f"on {len(result.ours.records)} rows; {len(result.bad)} bad rows skipped; {path.with_suffix('.md')}")
@@ -722,6 +722,8 @@ def _exit_on_preemption(func):
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code: 0 done, 2 bad input (a message naming it),
     75 stopped by SIGTERM/SIGINT after saving a checkpoint (resume with --resume)."""
+    from . import synth  # noqa: F401  (registers the synth: video source, so spec datasets load)
+
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the run folder

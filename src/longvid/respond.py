@@ -1,7 +1,8 @@
 """Answer one question about one video: encode the video once, prefill once, sample N responses.
 
-Evaluation and the difficulty filter both answer through `respond`, so they see the same prompt
-and the same visual embeddings as training does (`inputs.encode_sample`).
+Evaluation and the difficulty filter answer `Sample`s through `respond`, so they see the same
+prompt and the same visual embeddings as training does (`inputs.encode_sample`).
+`respond_to_prompt` is for prompt text written elsewhere (an lmms-eval task's), used verbatim.
 """
 
 from __future__ import annotations
@@ -10,10 +11,27 @@ import torch
 
 from .data.schema import Sample
 from .inputs import encode_sample
-from .model.adapter import VLMAdapter
+from .model.adapter import Prompt, VisualEmbeds, VLMAdapter
 from .model.compress import Compressor
 from .model.sampling import SamplingConfig, sample
 from .video.decode import Frames
+
+
+def _sample_texts(
+    adapter: VLMAdapter,
+    prompt: Prompt,
+    visual: VisualEmbeds,
+    num_responses: int,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    compressor: Compressor | None,
+) -> list[str]:
+    embeds, positions = adapter.prefix_inputs(prompt, visual)
+    if compressor is not None:
+        out = compressor.sample(adapter, prompt, embeds, positions, num_responses, config, generator=generator)
+    else:
+        out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=visual.deepstack)
+    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
 
 
 @torch.no_grad()
@@ -31,9 +49,22 @@ def respond(
     """`num_responses` decoded answers to one question (with `compressor`, the video is prefilled
     window by window into visual summary tokens)."""
     enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
-    embeds, positions = adapter.prefix_inputs(enc.prompt, enc.visual)
-    if compressor is not None:
-        out = compressor.sample(adapter, enc.prompt, embeds, positions, num_responses, config, generator=generator)
-    else:
-        out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=enc.visual.deepstack)
-    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
+    return _sample_texts(adapter, enc.prompt, enc.visual, num_responses, config, generator, compressor)
+
+
+@torch.no_grad()
+def respond_to_prompt(
+    adapter: VLMAdapter,
+    text: str,
+    frames: Frames,
+    num_responses: int,
+    config: SamplingConfig,
+    *,
+    encode_chunk: int | None = None,
+    generator: torch.Generator | None = None,
+    compressor: Compressor | None = None,
+) -> list[str]:
+    """`num_responses` decoded answers to a user turn `text` about the video."""
+    visual = adapter.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=encode_chunk)
+    prompt = adapter.build_prompt(text, visual)
+    return _sample_texts(adapter, prompt, visual, num_responses, config, generator, compressor)

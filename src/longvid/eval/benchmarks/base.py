@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...config import VideoConfig
 from ...data.dataset import BadRow, VideoDataset
 from ...data.schema import Sample
 from ...errors import DataError
 from ...model.adapter import VLMAdapter
+from ...model.compress import Compressor
 from ..mcq import EvalResult, evaluate, markdown_table
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ class BenchmarkResult:
             "num_rows": self.num_rows,
             "num_evaluated": len(self.ours.records),
             "num_bad": len(self.bad),
+            "num_skipped_videos": len(self.ours.skipped),
             "official": self.official,
             "ours": self.ours.summary(),
             "bad": [asdict(b) for b in self.bad],
@@ -200,25 +203,25 @@ def run_benchmark(
     loaded: Loaded,
     videos: Path,
     *,
-    num_frames: int,
-    size: int | None,
+    video: VideoConfig,
     max_new_tokens: int,
     limit: int | None = None,
     skip_bad: bool = False,
+    compressor: Compressor | None = None,
     progress: bool = True,
 ) -> BenchmarkResult:
-    """Answer every row of `loaded` (from `load_checked`) greedily once; score the responses
-    officially and with `answers.judge`."""
+    """Answer every row of `loaded` (from `load_checked`) greedily once, its frames sampled as
+    `video` says; score the responses officially and with `answers.judge`."""
     samples, origins = loaded.samples[:limit], loaded.origins[:limit]
     num_rows = len(loaded.samples) + len(loaded.bad)
-    dataset = VideoDataset(
-        samples, root=videos, origins=origins, num_frames=num_frames, size=(size, size) if size else None, skip_bad=skip_bad
-    )
+    dataset = VideoDataset(samples, root=videos, origins=origins, video=video, skip_bad=skip_bad)
     dataset.validate_videos(progress=progress)  # unreadable videos: an error, or dropped and counted
-    samples = dataset.samples
-    ours = evaluate(adapter, samples, dataset.load_frames, max_new_tokens=max_new_tokens, progress=progress, desc=bench.name)
-    ours.num_frames = num_frames
-    official = bench.official(samples, [r.response for r in ours.records])
+    ours = evaluate(adapter, dataset.samples, dataset.load_frames, max_new_tokens=max_new_tokens, progress=progress,
+                    desc=bench.name, skip_bad=skip_bad, compressor=compressor)
+    ours.num_frames = video.num_frames
+    by_id = {s.id: s for s in dataset.samples}
+    answered = [by_id[r.id] for r in ours.records]  # rows whose video failed mid-run are in ours.skipped
+    official = bench.official(answered, [r.response for r in ours.records])
     return BenchmarkResult(bench.name, official, ours, loaded.bad + dataset.bad, num_rows)
 
 
@@ -230,9 +233,14 @@ def markdown_report(bench: Benchmark, result: BenchmarkResult) -> str:
         lines.append(f"| {name} | {group['total']} | {100 * group['accuracy']:.1f} |")
     lines.append(f"| **overall** | {official['total']} | **{100 * official['overall']:.1f}** |")
     lines += ["", "Ours (`answers.judge`, every evaluated row counts):", "", markdown_table({"ours": result.ours}), ""]
-    lines.append(f"Rows: {result.num_rows} read, {len(result.ours.records)} evaluated, {len(result.bad)} rejected.")
+    lines.append(
+        f"Rows: {result.num_rows} read, {len(result.ours.records)} evaluated, {len(result.bad)} rejected"
+        + (f", {len(result.ours.skipped)} skipped (video failed to decode)." if result.ours.skipped else ".")
+    )
     for bad in result.bad[:20]:
         lines.append(f"- {bad}")
+    for reason in result.ours.skipped[:20]:
+        lines.append(f"- skipped: {reason}")
     if len(result.bad) > 20:
         lines.append(f"- … and {len(result.bad) - 20} more (all listed in the JSON)")
     return "\n".join(lines) + "\n"

@@ -10,11 +10,13 @@ Official score (JUNJIE99/MLVU `choice_bench.py`, `check_ans`): the model's answe
 "Best option:(", and the text before its first ")" must equal the gold letter. Our prompt does not
 prime it, so a leading "(" the model writes itself is dropped first (it is the one the prime
 would have supplied); anything else ("The answer is B") does not count. M-Avg = the mean of the
-per-task accuracies.
+per-task accuracies. In a folder, a task file none of whose rows has `candidates` (MLVU's
+open-ended sub-scene and summary tasks) is skipped with a warning: M-Avg does not include it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +26,8 @@ from typing import Any
 from ...data.schema import OPTION_LETTERS, Sample
 from ...errors import DataError
 from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, string_list, text
+
+log = logging.getLogger(__name__)
 
 _NUMBERED = re.compile(r"^\d+_")
 
@@ -62,7 +66,12 @@ def load(data: Path, videos: Path) -> Loaded:
         raise DataError(f"{data}: no task .json files")
     loaded = Loaded()
     for path in files:
-        for row_number, row in read_json_rows(path, loaded):
+        rows = list(read_json_rows(path, loaded))
+        if data.is_dir() and rows and not any("candidates" in row for _, row in rows):
+            # MLVU's open-ended tasks (sub-scene captioning, summary) share the folder; M-Avg leaves them out.
+            log.warning("%s: no row has 'candidates' (an open-ended task); not part of M-Avg, skipped", path)
+            continue
+        for row_number, row in rows:
             loaded.add(path, row_number, lambda row=row, path=path, n=row_number: _sample(row, videos, path, n))
     return loaded
 
