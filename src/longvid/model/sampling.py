@@ -156,8 +156,9 @@ def sample_batch(
         newly = ~done & torch.isin(token, stop)
         lengths = torch.where(newly, torch.full_like(lengths, step + 1), lengths)
         done |= newly
+        finished = done.view(batch, g).all(dim=1).tolist()  # one host sync per step
         for b in active:
-            if bool(done[b * g : (b + 1) * g].all()) or step + 1 == config.max_new_tokens:
+            if finished[b] or step + 1 == config.max_new_tokens:
                 decoded[b] = step + 1
         if all(decoded):
             break

@@ -73,7 +73,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: float | torch.Tensor | None = None,
     num_processes: int = 1,
-    gradient_accumulation_steps: int = 1,
+    gradient_accumulation_steps: float = 1,
     kl_ratio_correction: bool = True,
     log_ratio_clamp: float | None = None,
     dual_clip: float | None = None,
@@ -93,7 +93,8 @@ def grpo_loss(
     / num_processes), num_items_in_batch being the completion tokens of the whole generation batch
     over all ranks and accumulation steps (default: this micro-batch's), so that DDP's gradient
     mean across ranks gives the global token mean. As in TRL, grpo/bnpo/dr_grpo are divided by
-    `gradient_accumulation_steps` and dapo is not (its normaliser already spans them).
+    `gradient_accumulation_steps` and dapo is not (its normaliser already spans them). It may be
+    fractional: after DAPO's filter the trainer passes the kept groups per rank on average.
 
     verl/EasyR1 safety options, off by default:
     log_ratio_clamp: clamp logp - old_logp and ref - logp to +-c before exp (verl: 20).

@@ -221,7 +221,7 @@ class GRPOTrainer(Trainer):
         for iteration in range(cfg.num_iterations):
             for slot in range(scored.passes):
                 real = slot < len(scored.kept)
-                i = scored.kept[slot] if real else (scored.kept or [0])[0]
+                i = scored.kept[slot] if real else (scored.kept[0] if scored.kept else 0)  # weighs 0
                 mask, logp, loss, metrics = self._forward_backward(
                     groups[i], videos[i], scored.advantages[i], old_logps.get(i), scored, 1.0 if real else 0.0, timer
                 )
