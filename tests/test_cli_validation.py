@@ -148,3 +148,10 @@ def test_eval_skip_bad_skips_a_video_that_fails_to_decode_and_keeps_the_rest(wor
     assert f"skipped: {root / 'garbled.jsonl'}:2: " in out and "garbled.mp4" in out
     summary = json.loads((world["root"] / "eval_bad" / "eval.json").read_text())
     assert summary["num_samples"] == len(rows) - 1 and len(summary["skipped"]) == 1
+
+
+def test_the_parser_frame_limit_is_the_decoder_limit():
+    from longvid import cli
+    from longvid.video import decode
+
+    assert cli.MAX_FRAMES == decode.MAX_FRAMES

@@ -178,3 +178,15 @@ def test_grpo_from_a_checkpoint_defaults_to_its_video_settings_and_flags_win(dat
     assert main([*common, "--out-dir", str(tmp_path / "g2"), "--set", "video.size=56"]) == 0
     video = yaml.safe_load((tmp_path / "g2" / "config.yaml").read_text())["video"]
     assert (video["num_frames"], video["size"]) == (8, 56)
+
+
+def test_resume_with_a_dangling_latest_is_a_message(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert sft(data, run, "--steps", "1") == 0
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step-000001")
+    capsys.readouterr()
+    assert sft(data, run, "--steps", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "step-000001, which is not a complete checkpoint" in err

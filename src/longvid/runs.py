@@ -239,7 +239,10 @@ def run_folder(config: Any, *, resume: bool, overwrite: bool, argv: list[str] | 
             for name in (CONFIG_FILE, COMMAND_FILE):
                 (out_dir / name).unlink(missing_ok=True)
         if resume:
-            latest_checkpoint(out_dir / "checkpoints")  # a dangling `latest` fails here, before any work
+            try:
+                latest_checkpoint(out_dir / "checkpoints")  # a dangling `latest` fails here, before any work
+            except FileNotFoundError as e:
+                raise RunFolderError(f"--resume: {e}") from None
         clean_stale_tmp(out_dir / "checkpoints")
         _write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
         command = shlex.join(["longvid", *(sys.argv[1:] if argv is None else argv)])
