@@ -167,3 +167,20 @@ def test_activation_checkpointing_recomputes_each_block_in_backward():
     checkpointed = step()
     assert len(calls) == 3  # once without, twice (forward + recomputation) with checkpointing
     torch.testing.assert_close(checkpointed, plain, atol=0, rtol=0)
+
+
+def test_lora_under_fsdp_equals_one_process_and_exports(tmp_path):
+    """LoRA with FSDP: the frozen base stays replicated, the adapters are sharded; losses, weights
+    and the merged export equal one process's."""
+    options = {"grad_accum": 1, "steps": 2, "lora": LoRAConfig(rank=4, alpha=8.0), "freeze_vision": True}
+    ref = _train(0, 1, str(tmp_path), "one", {**options, "grad_accum": 2}, None, False, "export-one")
+    results = run_ranks(_train, 2, str(tmp_path), "dp2", options, None, False, "export-dp2", timeout=500)
+    for result in results:
+        assert result[2]
+        _assert_same(result, ref[0], ref[1])
+        torch.testing.assert_close(torch.tensor(result[3]), torch.tensor(ref[3]), atol=1e-9, rtol=1e-9)
+    with exact_float64_norms():
+        reloaded = load_adapter(ModelConfig(path=str(tmp_path / "export-dp2"), dtype="float64", device="cpu"))
+        with torch.no_grad():
+            hidden, _ = reloaded.hidden_states(reloaded.embed_tokens(FIXED_IDS)[None], torch.arange(len(FIXED_IDS)).expand(3, 1, -1))
+    torch.testing.assert_close(reloaded.logits(hidden), torch.tensor(results[0][3], dtype=torch.float64), atol=1e-10, rtol=1e-10)
