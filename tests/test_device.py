@@ -87,3 +87,18 @@ def test_single_process_packed_pass_uses_the_choice():
         _, dense = attention_for(mask_fn, len(embeds), torch.device("cpu"))
         want = adapter.hidden_states(embeds[None], positions.unsqueeze(-2), attention_mask=dense)[0][0]
     torch.testing.assert_close(hidden, want, atol=0, rtol=0)
+
+
+def test_device_and_dtype_flags_reach_the_model_config():
+    from longvid.cli import PARALLEL_FLAGS, _overrides, build_parser
+    from longvid.config import load_config
+    from longvid.sft.trainer import SFTConfig
+
+    args = build_parser().parse_args(["sft", "--train", __file__, "--device", "cpu", "--dtype", "float64"])
+    config = load_config(SFTConfig, None, _overrides(args, {"train": "train", **PARALLEL_FLAGS}))
+    assert (config.model.device, config.model.dtype) == ("cpu", "float64")
+    args = build_parser().parse_args(["sft", "--train", __file__])
+    config = load_config(SFTConfig, None, _overrides(args, {"train": "train", **PARALLEL_FLAGS}))
+    assert (config.model.device, config.model.dtype) == ("auto", "auto")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--data", "x.jsonl", "--device", "tpu"])

@@ -28,11 +28,12 @@ def _snapshot(hf):
     return out
 
 
-def _config(tmp, name, *, sp=1, fsdp=True, grad_accum=2, steps=2, save_every=0, num_frames=12, **kw):
+def _config(tmp, name, *, sp=1, fsdp=True, grad_accum=2, steps=2, save_every=0, num_frames=12, activation_checkpointing=False, **kw):
     return SFTConfig(
         train=__file__, out_dir=f"{tmp}/{name}", steps=steps, grad_accum=grad_accum, progress=False, log_every=0,
         save_every=save_every, video=VideoConfig(num_frames=num_frames), optim=OptimConfig(lr=1e-2, warmup_steps=0),
-        parallel=ParallelConfig(sp=sp, mode="ring" if sp == 3 else "hybrid", fsdp=fsdp), **kw,
+        parallel=ParallelConfig(sp=sp, mode="ring" if sp == 3 else "hybrid", fsdp=fsdp,
+                                activation_checkpointing=activation_checkpointing), **kw,
     )
 
 
@@ -138,3 +139,48 @@ def test_sp_with_empty_frame_shares_and_a_trainable_tower(tmp_path, sp, num_fram
     for result in results:
         assert result[2] == fsdp
         _assert_same(result, ref_losses, ref_params)
+
+
+def test_activation_checkpointing_changes_no_number(tmp_path):
+    """One process: recomputing each block in backward gives the same losses and weights."""
+    plain = _train(0, 1, str(tmp_path), "plain", {"grad_accum": 2})
+    checkpointed = _train(0, 1, str(tmp_path), "ac", {"grad_accum": 2, "activation_checkpointing": True})
+    _assert_same(checkpointed, plain[0], plain[1])
+
+
+def test_activation_checkpointing_recomputes_each_block_in_backward():
+    from longvid.parallel.parallelize import apply_activation_checkpointing
+
+    adapter = load_adapter(ModelConfig(seed=1, dtype="float64", device="cpu"))
+    layer = adapter.layers()["llm"][0]
+    calls = []
+    layer.mlp.register_forward_pre_hook(lambda *a: calls.append(1))  # recomputation may stop early, inside it
+
+    def step():
+        hidden, _ = adapter.hidden_states(adapter.embed_tokens(FIXED_IDS)[None], torch.arange(len(FIXED_IDS)).expand(3, 1, -1))
+        hidden.sum().backward()
+        return layer.mlp.down_proj.weight.grad.clone()
+
+    plain = step()
+    adapter.model.zero_grad()
+    apply_activation_checkpointing(adapter.layers()["llm"])
+    checkpointed = step()
+    assert len(calls) == 3  # once without, twice (forward + recomputation) with checkpointing
+    torch.testing.assert_close(checkpointed, plain, atol=0, rtol=0)
+
+
+def test_lora_under_fsdp_equals_one_process_and_exports(tmp_path):
+    """LoRA with FSDP: the frozen base stays replicated, the adapters are sharded; losses, weights
+    and the merged export equal one process's."""
+    options = {"grad_accum": 1, "steps": 2, "lora": LoRAConfig(rank=4, alpha=8.0), "freeze_vision": True}
+    ref = _train(0, 1, str(tmp_path), "one", {**options, "grad_accum": 2}, None, False, "export-one")
+    results = run_ranks(_train, 2, str(tmp_path), "dp2", options, None, False, "export-dp2", timeout=500)
+    for result in results:
+        assert result[2]
+        _assert_same(result, ref[0], ref[1])
+        torch.testing.assert_close(torch.tensor(result[3]), torch.tensor(ref[3]), atol=1e-9, rtol=1e-9)
+    with exact_float64_norms():
+        reloaded = load_adapter(ModelConfig(path=str(tmp_path / "export-dp2"), dtype="float64", device="cpu"))
+        with torch.no_grad():
+            hidden, _ = reloaded.hidden_states(reloaded.embed_tokens(FIXED_IDS)[None], torch.arange(len(FIXED_IDS)).expand(3, 1, -1))
+    torch.testing.assert_close(reloaded.logits(hidden), torch.tensor(results[0][3], dtype=torch.float64), atol=1e-10, rtol=1e-10)
