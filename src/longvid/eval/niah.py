@@ -28,7 +28,7 @@ from ..model.adapter import VLMAdapter
 from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig
 from ..video.decode import Frames, decode
-from ..video.synth import NOMINAL_FPS, make_sample
+from ..video.synth import LETTERS, NOMINAL_FPS, make_sample
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,13 @@ MakeItem = Callable[[int, float, int], Item]  # (num_frames, depth, trial) -> sa
 
 
 def synthetic_item(size: int = 56, seed: int = 0) -> MakeItem:
-    """The synthetic haystack: grey frames with a coloured flash at the depth (video/synth.py)."""
+    """The synthetic haystack: grey frames with a coloured flash at the depth (video/synth.py).
+    Trial t's answer is letter t mod 4, so with trials a multiple of 4 a model that ignores the
+    video scores exactly chance in every cell."""
 
     def make(num_frames: int, depth: float, trial: int) -> Item:
-        sample, pixels = make_sample("needle", seed * 100_003 + trial, num_frames, size, depth=depth, shuffle_options=True)
+        letter = LETTERS[trial % len(LETTERS)]
+        sample, pixels = make_sample("needle", seed * 100_003 + trial, num_frames, size, depth=depth, answer=letter)
         return sample, Frames(pixels, np.arange(num_frames, dtype=np.float64) / NOMINAL_FPS, sample.video)
 
     return make
