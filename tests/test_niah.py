@@ -37,6 +37,8 @@ def test_synthetic_item_hides_the_flash_at_the_depth():
         assert len(frames) == 16 and sample.answer in sample.letters
         colourful = np.flatnonzero(np.ptp(frames.pixels.astype(int), axis=-1).max(axis=(1, 2)) > 40)
         assert len(colourful) and (colourful.min() < 4 if depth == 0 else colourful.max() > 11)
+    # Answers are balanced over trials: a model that ignores the video scores chance.
+    assert [make(16, 0.5, t)[0].answer for t in range(8)] == list("ABCDABCD")
 
 
 def _needle_file(tmp_path):
