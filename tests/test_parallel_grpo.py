@@ -61,7 +61,9 @@ def _filtered_grpo(rank, world, out_dir, num_samples, batch_size):
     with exact_float64_norms():
         history = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh).train()
     # numpy, not tensors: results travel back pickled by value
-    weights = {n: p.detach().numpy().copy() for n, p in adapter.hf.named_parameters() if "language_model" in n or "lm_head" in n}
+    # (FSDP-sharded parameters are gathered whole first; every rank gathers in the same order.)
+    weights = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().numpy().copy()
+               for n, p in adapter.hf.named_parameters() if "language_model" in n or "lm_head" in n}
     return history, weights
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..answers import judge
 from ..data.schema import Sample
 from ..errors import ConfigError, DataError
 from ..inputs import question_text, target_text
@@ -156,8 +157,6 @@ class Grid:
 @torch.no_grad()
 def answer(adapter: VLMAdapter, compressor: Compressor, sample: Sample, frames: Frames, scoring: str, max_new_tokens: int = 64) -> str | None:
     """The option letter the model picks for one needle question."""
-    from .mcq import predicted_answer
-
     visual = adapter.encode(adapter.preprocess(frames.pixels, frames.timestamps))
     prompt = adapter.build_prompt(question_text(sample), visual)
     embeds, positions = adapter.prefix_inputs(prompt, visual)
@@ -167,7 +166,7 @@ def answer(adapter: VLMAdapter, compressor: Compressor, sample: Sample, frames: 
         scores = compressor.score(adapter, prompt, embeds, positions, candidates)
         return sample.letters[int(scores.argmax())]
     out = compressor.sample(adapter, prompt, embeds, positions, 1, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0))
-    return predicted_answer(sample, adapter.decode(out.tokens[0, : int(out.lengths[0])]))
+    return judge(adapter.decode(out.tokens[0, : int(out.lengths[0])]), sample.answer, sample.options).predicted
 
 
 def run_grid(
@@ -221,10 +220,14 @@ def markdown_table(grids: Sequence[Grid]) -> str:
 
 def plot_heatmaps(grids: Sequence[Grid], path: str | Path) -> Path:
     """LongVA/Video-XL-style heatmaps: depth on y, frames on x, red (0%) to green (100%); one panel per ratio."""
-    from .plots import plt
+    from matplotlib.figure import Figure
+
+    from .plots import save_figure
 
     width = 1.5 + (1.2 + 0.7 * len(grids[0].frames)) * len(grids)
-    fig, axes = plt.subplots(1, len(grids), figsize=(width, 1.4 + 0.45 * len(grids[0].depths)), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width, 1.8 + 0.45 * len(grids[0].depths)), layout="constrained")
+    axes = fig.subplots(1, len(grids), squeeze=False)
+    fig.suptitle("Video needle-in-a-haystack: accuracy (%) by haystack length and needle depth")
     for k, (ax, g) in enumerate(zip(axes[0], grids)):
         acc = 100 * np.array(g.accuracy)
         im = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
@@ -237,9 +240,7 @@ def plot_heatmaps(grids: Sequence[Grid], path: str | Path) -> Path:
         for (y, x), v in np.ndenumerate(acc):
             ax.text(x, y, f"{v:.0f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=list(axes[0]), label="accuracy (%)")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_report(grids: Sequence[Grid], out_dir: str | Path, name: str = "niah") -> dict[str, Path]:

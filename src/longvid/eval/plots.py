@@ -14,8 +14,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    fig.tight_layout()
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     return Path(path)
 
@@ -57,7 +58,7 @@ def plot_curves(
     ylabel: str,
     ylim: tuple[float, float] | None = None,
 ) -> Path:
-    return _save(curves_figure(series, title=title, ylabel=ylabel, ylim=ylim), path)
+    return save_figure(curves_figure(series, title=title, ylabel=ylabel, ylim=ylim), path)
 
 
 def frames_scaling_figure(points: dict[str, list[tuple[int, float]]], *, chance: float | None = None) -> Figure:
@@ -78,7 +79,7 @@ def frames_scaling_figure(points: dict[str, list[tuple[int, float]]], *, chance:
 
 
 def plot_frames_scaling(points: dict[str, list[tuple[int, float]]], path: str | Path, *, chance: float | None = None) -> Path:
-    return _save(frames_scaling_figure(points, chance=chance), path)
+    return save_figure(frames_scaling_figure(points, chance=chance), path)
 
 
 def category_bars_figure(results: dict[str, dict[str, float]], *, chance: float | None = None) -> Figure:
@@ -100,4 +101,4 @@ def category_bars_figure(results: dict[str, dict[str, float]], *, chance: float 
 
 
 def plot_category_bars(results: dict[str, dict[str, float]], path: str | Path, *, chance: float | None = None) -> Path:
-    return _save(category_bars_figure(results, chance=chance), path)
+    return save_figure(category_bars_figure(results, chance=chance), path)

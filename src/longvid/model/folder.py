@@ -40,6 +40,7 @@ def check_model_folder(path: str | Path, *, what: str = "--model") -> str:
     if not folder.is_dir():
         raise ConfigError(f"{what}: {path} is a file, not a model folder")
     if (folder / "config.json").is_file():
+        _check_model_type(folder, what)
         _check_full_weights(folder, what)
         _check_tokenizer(folder, what)
         return "full"
@@ -55,6 +56,20 @@ def check_model_folder(path: str | Path, *, what: str = "--model") -> str:
     if (folder / "model" / "config.json").is_file() or (folder / "model" / "adapter_config.json").is_file():
         raise ConfigError(f"{what}: {folder} is a checkpoint folder; pass its model folder {folder / 'model'}")
     raise ConfigError(f"{what}: {folder} is not a model folder (no config.json)")
+
+
+def _check_model_type(folder: Path, what: str) -> None:
+    """An unsupported family is named before anything else about the folder."""
+    from . import family_adapter
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{what}: {folder}/config.json: cannot read model_type ({e})") from None
+    try:
+        family_adapter(model_type)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {folder}: {e}") from None
 
 
 def check_safetensors(file: Path, what: str) -> None:
