@@ -145,6 +145,24 @@ def _checked_row(path: Path, row_number: int, row: object, loaded: Loaded) -> It
         loaded.bad.append(BadRow(str(path), row_number, f"a row must be a JSON object, got {type(row).__name__}"))
 
 
+def load_json_rows(data: Path, videos: Path, make_sample: Callable[[dict, Path], Sample]) -> Loaded:
+    """The rows of one JSON file, each made a `Sample` by `make_sample(row, videos)` (bad rows counted)."""
+    loaded = Loaded()
+    for row_number, row in read_json_rows(data, loaded):
+        loaded.add(data, row_number, lambda row=row: make_sample(row, videos))
+    return loaded
+
+
+def tally(samples: Sequence[Sample], responses: Sequence[str], correct: Callable[[Sample, str], bool]) -> dict[str, dict[str, int]]:
+    """Correct and total answers per category, by the benchmark's own `correct(sample, response)`."""
+    groups: dict[str, dict[str, int]] = {}
+    for sample, response in zip(samples, responses, strict=True):
+        group = groups.setdefault(sample.category, {"correct": 0, "total": 0})
+        group["total"] += 1
+        group["correct"] += bool(correct(sample, response))
+    return groups
+
+
 def accuracy_table(groups: dict[str, dict[str, float]]) -> dict[str, Any]:
     """{group: {"correct", "total"}} -> per-group accuracy and counts, in a stable order."""
     return {

@@ -14,14 +14,13 @@ they are rejected, named and counted, never guessed.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ...answers import ANSWER_CLOSE, ANSWER_OPEN
 from ...data.schema import Sample
-from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, text
+from .base import Benchmark, Loaded, accuracy_table, find_video, load_json_rows, tally, text
 
 PROBLEM_TYPES = ("temporal", "goal", "plot", "spatial")
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+(\S.*?)\s*$")
@@ -98,18 +97,11 @@ def _sample(row: dict, videos: Path) -> Sample:
 
 
 def load(data: Path, videos: Path) -> Loaded:
-    loaded = Loaded()
-    for row_number, row in read_json_rows(data, loaded):
-        loaded.add(data, row_number, lambda row=row: _sample(row, videos))
-    return loaded
+    return load_json_rows(data, videos, _sample)
 
 
 def official(samples: Sequence[Sample], responses: Sequence[str]) -> dict[str, Any]:
-    groups: dict[str, dict[str, int]] = defaultdict(lambda: {"correct": 0, "total": 0})
-    for sample, response in zip(samples, responses, strict=True):
-        group = groups[sample.category]
-        group["total"] += 1
-        group["correct"] += answer_span(response) == answer_span(sample.extra["gold"])
+    groups = tally(samples, responses, lambda sample, response: answer_span(response) == answer_span(sample.extra["gold"]))
     correct = sum(g["correct"] for g in groups.values())
     return {
         "metric": "strict == of the <answer> span, per problem type",

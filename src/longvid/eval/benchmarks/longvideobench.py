@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ...data.schema import OPTION_LETTERS, Sample
-from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, string_list, text
+from .base import Benchmark, Loaded, accuracy_table, find_video, load_json_rows, string_list, tally, text
 
 _PREFIXES = (
     "The best answer is",
@@ -66,18 +65,11 @@ def _sample(row: dict, videos: Path) -> Sample:
 
 
 def load(data: Path, videos: Path) -> Loaded:
-    loaded = Loaded()
-    for row_number, row in read_json_rows(data, loaded):
-        loaded.add(data, row_number, lambda row=row: _sample(row, videos))
-    return loaded
+    return load_json_rows(data, videos, _sample)
 
 
 def official(samples: Sequence[Sample], responses: Sequence[str]) -> dict[str, Any]:
-    groups: dict[str, dict[str, int]] = defaultdict(lambda: {"correct": 0, "total": 0})
-    for sample, response in zip(samples, responses, strict=True):
-        group = groups[sample.category]
-        group["total"] += 1
-        group["correct"] += official_extract(response, sample) == sample.answer
+    groups = tally(samples, responses, lambda sample, response: official_extract(response, sample) == sample.answer)
     correct = sum(g["correct"] for g in groups.values())
     # Duration groups are seconds: 15 before 600, not after it.
     table = dict(sorted(accuracy_table(groups).items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(12))))

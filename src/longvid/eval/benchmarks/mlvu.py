@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ...data.schema import OPTION_LETTERS, Sample
 from ...errors import DataError
-from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, string_list, text
+from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, string_list, tally, text
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +76,7 @@ def load(data: Path, videos: Path) -> Loaded:
 
 
 def official(samples: Sequence[Sample], responses: Sequence[str]) -> dict[str, Any]:
-    groups: dict[str, dict[str, int]] = defaultdict(lambda: {"correct": 0, "total": 0})
-    for sample, response in zip(samples, responses, strict=True):
-        group = groups[sample.category]
-        group["total"] += 1
-        group["correct"] += official_extract(response) == sample.answer
+    groups = tally(samples, responses, lambda sample, response: official_extract(response) == sample.answer)
     table = accuracy_table(groups)
     return {
         "metric": "M-Avg: mean of per-task accuracies (text before the first ')' equals the gold letter)",

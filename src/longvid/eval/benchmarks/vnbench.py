@@ -20,7 +20,7 @@ from typing import Any
 
 from ...answers import judge
 from ...data.schema import OPTION_LETTERS, Sample
-from .base import Benchmark, Loaded, accuracy_table, find_video, read_json_rows, string_list, text
+from .base import Benchmark, Loaded, accuracy_table, find_video, load_json_rows, string_list, text
 
 TRIES = 4
 
@@ -63,10 +63,7 @@ def _sample(row: dict, videos: Path) -> Sample:
 
 
 def load(data: Path, videos: Path) -> Loaded:
-    loaded = Loaded()
-    for row_number, row in read_json_rows(data, loaded):
-        loaded.add(data, row_number, lambda row=row: _sample(row, videos))
-    return loaded
+    return load_json_rows(data, videos, _sample)
 
 
 def all_tries_score(samples: Sequence[Sample], correct: Sequence[bool]) -> dict[str, Any]:
