@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from longvid.checkpoint import latest_checkpoint
 from longvid.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,7 @@ def _torchrun_grpo(data: Path, out: Path, steps: int, *extra: str) -> None:
 
 
 def _history(out: Path) -> list[dict]:
-    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    return torch.load(latest / "state.pt", weights_only=True)["history"]
+    return torch.load(latest_checkpoint(out / "checkpoints") / "state.pt", weights_only=True)["history"]
 
 
 def test_grpo_under_torchrun_with_two_data_parallel_ranks_resumes_where_it_stopped(tmp_path):
@@ -39,11 +39,12 @@ def test_grpo_under_torchrun_with_two_data_parallel_ranks_resumes_where_it_stopp
     _torchrun_grpo(data, full, 3)
     # A run that stopped after step 2 of the same 3-step schedule: the full run's folder, rewound.
     run = tmp_path / "run"
-    shutil.copytree(full, run)
+    shutil.copytree(full, run, symlinks=True)  # `latest` is a relative symlink: keep it one
     shutil.rmtree(run / "checkpoints" / "step-000003")
-    (run / "checkpoints" / "latest").write_text("step-000002")
+    (run / "checkpoints" / "latest").unlink()
+    os.symlink("step-000002", run / "checkpoints" / "latest")
     _torchrun_grpo(data, run, 4, "--resume")  # and asked for one more step than before
-    assert (run / "checkpoints" / "latest").read_text() == "step-000004"
+    assert latest_checkpoint(run / "checkpoints").name == "step-000004"
 
     before, after = _history(full), _history(run)
     assert [h["step"] for h in after] == [1, 2, 3, 4]  # the history continues, not restarted

@@ -326,4 +326,4 @@ def test_cli_sft_eval_grpo_pick_the_family_from_the_checkpoint(family, tmp_path,
     grpo = tmp_path / "grpo"
     assert main(["grpo", "--train", str(data), "--model", str(tuned), "--out-dir", str(grpo), "--steps", "1",
                  "--set", "group_size=2", "--set", "batch_size=1", "--set", "max_new_tokens=4", *quiet]) == 0
-    assert (grpo / "checkpoints" / "latest").is_file()
+    assert (grpo / "checkpoints" / "latest" / "state.pt").is_file()

@@ -2,7 +2,7 @@
 
 `SequenceParallel` runs one long sample across the ranks of an SP group in two stages:
 - the vision tower by frames: each rank encodes its share of temporal patches, the embeddings are
-  all-gathered (exact for Qwen2.5-VL: its vision attention never crosses a temporal patch);
+  all-gathered (exact: an adapter's temporal units are ones its encoder never attends across);
 - the language model by tokens: the `[prompt | response]` sequence is sharded (zigzag by default),
   attention runs through the registered Ulysses / ring / hybrid implementation with the sequence's
   `mask_fn` evaluated on global positions.
