@@ -48,8 +48,10 @@ class DemoPlan:
     model: tuple[tuple[str, int], ...] = ()  # tiny-model sizes (`tiny_config` keywords); () = the default
 
 
-FULL = DemoPlan(800, 200, 64, 32, 200, 200, 8, 300, 4, 3e-3, 40, 4, 8, 16, (8, 16, 32, 64), 60)
-QUICK = DemoPlan(160, 40, 16, 16, 40, 40, 4, 40, 4, 3e-3, 4, 2, 4, 4, (8, 16), 20)
+# QUICK: 8-frame videos (4 temporal patches) keep each step cheap, so 1200 CoT-SFT samples fit the
+# CI budget (about 90 s of one core); FULL trains on 16 of 32 frames and scales up to all 32.
+FULL = DemoPlan(800, 200, 32, 16, 400, 200, 8, 400, 4, 3e-3, 60, 4, 8, 16, (4, 8, 16, 32), 60)
+QUICK = DemoPlan(400, 40, 8, 8, 250, 40, 4, 100, 4, 3e-3, 8, 2, 4, 4, (4, 8), 20)
 
 GRPO_LR = 5e-5  # small steps: the tiny policy is easily pushed off what SFT taught it
 FILTER_TEMPERATURE = 1.0  # the filter samples as GRPO's rollouts do
@@ -117,13 +119,16 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     timings["filter_s"] = time.perf_counter() - t
     notes = []
 
-    # 3. CoT-SFT on easy + hard.
+    # 3. CoT-SFT on easy + hard; the rows the filter did not reach stay in too (a pool of a few dozen
+    # rows would be memorised), only the medium rows are kept back for GRPO.
     t = time.perf_counter()
-    sft_rows, sft_source = splits["sft"], paths["sft"]
-    if not sft_rows:
-        notes.append("The filter labelled no row easy or hard: CoT-SFT continued on every labelled row.")
-        sft_rows, sft_source = pool.samples, pool_jsonl
-    history += [{**h, "step": h["step"] + plan.warmup_steps} for h in _sft(adapter, plan, sft_rows, train_set, video, sft_source, out / "sft", plan.sft_steps, seed + 1, progress)]
+    unlabelled = train[plan.filter_samples :]
+    sft_rows = splits["sft"] + unlabelled
+    sft_jsonl = train_jsonl.with_name("train.sft.jsonl")
+    sft_jsonl.write_text("".join(json.dumps(s.to_row()) + "\n" for s in sft_rows))
+    if not splits["sft"]:
+        notes.append("The filter labelled no row easy or hard: CoT-SFT after it used only the unlabelled rows.")
+    history += [{**h, "step": h["step"] + plan.warmup_steps} for h in _sft(adapter, plan, sft_rows, train_set, video, sft_jsonl, out / "sft", plan.sft_steps, seed + 1, progress)]
     timings["sft_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -246,7 +251,8 @@ reasoning questions, evaluated on {plan.test_samples} held-out questions. Task s
 1. CoT-SFT warm-up: {plan.warmup_steps} steps of {plan.grad_accum} samples on all {plan.train_samples} training rows.
 2. Difficulty filter: the warmed-up model answers each of {plan.filter_samples} training rows
    {plan.filter_answers} times (temperature {FILTER_TEMPERATURE}); always right = easy, never = hard, else medium.
-3. CoT-SFT on easy + hard ({sft_rows} rows): {plan.sft_steps} steps.
+3. CoT-SFT on easy + hard plus the {plan.train_samples - plan.filter_samples} rows the filter did not label ({sft_rows} rows,
+   medium rows kept out): {plan.sft_steps} steps.
 4. GRPO on medium ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses.
 {fallback}
 {difficulty_table}
