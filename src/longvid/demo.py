@@ -48,10 +48,10 @@ class DemoPlan:
     model: tuple[tuple[str, int], ...] = ()  # tiny-model sizes (`tiny_config` keywords); () = the default
 
 
-# QUICK: 8-frame videos (4 temporal patches) keep each step cheap, so 1200 CoT-SFT samples fit the
-# CI budget (about 90 s of one core); FULL trains on 16 of 32 frames and scales up to all 32.
+# QUICK: 8-frame videos (4 temporal patches) keep each step cheap, so 1800 CoT-SFT samples fit the
+# CI budget (about 70 s of one core); FULL trains on 16 of 32 frames and scales up to all 32.
 FULL = DemoPlan(800, 200, 32, 16, 400, 200, 8, 400, 4, 3e-3, 60, 4, 8, 16, (4, 8, 16, 32), 60)
-QUICK = DemoPlan(400, 40, 8, 8, 250, 40, 4, 100, 4, 3e-3, 8, 2, 4, 4, (4, 8), 20)
+QUICK = DemoPlan(400, 40, 8, 8, 300, 40, 4, 150, 4, 3e-3, 8, 2, 4, 4, (4, 8), 20)
 
 GRPO_LR = 5e-5  # small steps: the tiny policy is easily pushed off what SFT taught it
 FILTER_TEMPERATURE = 1.0  # the filter samples as GRPO's rollouts do
