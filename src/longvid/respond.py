@@ -1,7 +1,7 @@
 """Answer one question about one video: encode the video once, prefill once, sample N responses.
 
 Evaluation and the difficulty filter answer `Sample`s through `respond`, so they see the same
-prompt and the same visual embeddings as training does (`inputs.encode_sample`).
+prompt (`inputs.question_text`) and the same visual embeddings as training does.
 `respond_to_prompt` is for prompt text written elsewhere (an lmms-eval task's), used verbatim.
 """
 
@@ -10,31 +10,13 @@ from __future__ import annotations
 import torch
 
 from .data.schema import Sample
-from .inputs import encode_sample
-from .model.adapter import Prompt, VisualEmbeds, VLMAdapter
+from .inputs import question_text
+from .model.adapter import VLMAdapter
 from .model.compress import Compressor
 from .model.sampling import SamplingConfig, sample
 from .video.decode import Frames
 
 
-def _sample_texts(
-    adapter: VLMAdapter,
-    prompt: Prompt,
-    visual: VisualEmbeds,
-    num_responses: int,
-    config: SamplingConfig,
-    generator: torch.Generator | None,
-    compressor: Compressor | None,
-) -> list[str]:
-    embeds, positions = adapter.prefix_inputs(prompt, visual)
-    if compressor is not None:
-        out = compressor.sample(adapter, prompt, embeds, positions, num_responses, config, generator=generator)
-    else:
-        out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=visual.deepstack)
-    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
-
-
-@torch.no_grad()
 def respond(
     adapter: VLMAdapter,
     sample_row: Sample,
@@ -47,9 +29,11 @@ def respond(
     compressor: Compressor | None = None,
 ) -> list[str]:
     """`num_responses` decoded answers to one question (with `compressor`, the video is prefilled
-    window by window into visual summary tokens)."""
-    enc = encode_sample(adapter, sample_row, frames.pixels, frames.timestamps, chunk=encode_chunk)
-    return _sample_texts(adapter, enc.prompt, enc.visual, num_responses, config, generator, compressor)
+    window by window into visual summary tokens): the user turn training writes for the sample."""
+    return respond_to_prompt(
+        adapter, question_text(sample_row), frames, num_responses, config,
+        encode_chunk=encode_chunk, generator=generator, compressor=compressor,
+    )
 
 
 @torch.no_grad()
@@ -67,4 +51,9 @@ def respond_to_prompt(
     """`num_responses` decoded answers to a user turn `text` about the video."""
     visual = adapter.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=encode_chunk)
     prompt = adapter.build_prompt(text, visual)
-    return _sample_texts(adapter, prompt, visual, num_responses, config, generator, compressor)
+    embeds, positions = adapter.prefix_inputs(prompt, visual)
+    if compressor is not None:
+        out = compressor.sample(adapter, prompt, embeds, positions, num_responses, config, generator=generator)
+    else:
+        out = sample(adapter, embeds, positions, num_responses, config, generator=generator, deepstack=visual.deepstack)
+    return [adapter.decode(out.tokens[g, : int(n)]) for g, n in enumerate(out.lengths)]
