@@ -64,7 +64,8 @@ def test_room_imports_only_downward(room, forbidden):
 
 def test_only_the_top_imports_synth():
     importers = sorted(m for m, deps in IMPORTS.items() if _reaches(m, "longvid.synth") and not m.startswith("longvid.synth"))
-    assert importers == ["longvid.cli", "longvid.demo"]
+    assert importers and all(m == "longvid.demo" or m == "longvid.cli" or m.startswith("longvid.cli.") for m in importers), importers
+    assert {"longvid.cli", "longvid.demo"} <= set(importers)
 
 
 def test_one_answer_grader():

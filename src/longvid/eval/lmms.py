@@ -36,7 +36,8 @@ from ..errors import ConfigError, VideoError
 from ..inputs import with_response
 from ..model import load_adapter
 from ..model.common import token_logprobs
-from ..model.compress import Compressor, SummaryTokens
+from ..model import compress
+from ..model.compress import Compressor
 from ..model.sampling import SamplingConfig
 from ..respond import respond_to_prompt
 from ..video.decode import Frames, check_sampling, decode
@@ -60,7 +61,7 @@ def compressor_for(adapter: Any, pretrained: str | None, ratio: int) -> Compress
         return None
     if pretrained is None:
         raise ConfigError(f"compress_ratio={ratio} needs pretrained=CKPT trained with compression (summary tokens)")
-    return Compressor(SummaryTokens.load(pretrained, adapter).attach(adapter), ratio)
+    return compress.compressor_for(adapter, pretrained, ratio)
 
 
 def _optional(value: Any, kind: type) -> Any:

@@ -514,6 +514,32 @@ def continuation_logprobs(adapter: VLMAdapter, prefilled: Prefilled, continuatio
     return total
 
 
+def summary_tokens_for(
+    adapter: VLMAdapter, model_path: str | None, ratios: Sequence[int], untrained_window: int | None
+) -> SummaryTokens | None:
+    """The summary tokens saved beside the checkpoint, or fresh untrained ones when asked; None
+    when no ratio compresses."""
+    bad = [r for r in ratios if r < 1]
+    if bad:
+        raise ConfigError(f"compression ratios must be >= 1 (1 = off), got {bad}")
+    compressing = sorted({r for r in ratios if r != 1})
+    if not compressing:
+        return None
+    if untrained_window:
+        return SummaryTokens.from_adapter(adapter, ratios=compressing, window=untrained_window).attach(adapter)
+    if model_path is None:
+        raise ConfigError(f"compression ratio(s) {compressing} need the {PARAMS_FILE} trained beside a model "
+                          "(--model); train with compress.ratios, or pass --untrained-summary WINDOW to try fresh ones")
+    return SummaryTokens.load(model_path, adapter).attach(adapter)
+
+
+def compressor_for(adapter: VLMAdapter, model_path: str | None, ratio: int) -> "Compressor | None":
+    """Inference at one ratio with the summary tokens trained beside `model_path`; None at ratio 1."""
+    if ratio == 1:
+        return None
+    return Compressor(summary_tokens_for(adapter, model_path, [ratio], None), ratio)
+
+
 @dataclasses.dataclass
 class Compressor:
     """Inference with one ratio: what evaluation and rollout call for a prompt. `summary` may be
