@@ -71,7 +71,10 @@ class ShardedMask:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # dynamic=None: the first length compiles static, a second marks lengths dynamic. With
+    # dynamic=False every new length (each GRPO step has its own) recompiles, and past dynamo's
+    # recompile limit (8 in torch 2.13) flex falls back to eager, which materialises the scores.
+    return torch.compile(flex_attention, dynamic=None)
 
 
 def attention(
