@@ -12,7 +12,10 @@ the shared-prefix (GRPO packing) mask, forward and backward.
 FLOPs are counted analytically (`forward_flops`): 2 per multiply-add of every language-model
 matmul (attention projections, MLP, LM head) plus attention scores and values (causal: each query
 sees on average half the sequence). Training counts 3x the forward (backward = 2x), without the
-recomputation of activation checkpointing (the usual MFU convention). Refuses to run without CUDA.
+recomputation of activation checkpointing (the usual MFU convention). Refuses to run without CUDA,
+except as `--cpu-check`: the same passes and trainer steps on the tiny model in float32 on CPU
+(no MFU, no memory figures, no FlexAttention backward — not implemented on CPU), so the script's
+code is proven before a GPU's time is spent on it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ SHAPES = {
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }
+TINY = "tiny"  # --cpu-check's model: the tiny Qwen2.5-VL config of longvid.model.tiny
 VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, temporal_patch_size=2,
               spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
 
@@ -96,39 +100,56 @@ def forward_flops(config, seq_len: int, *, causal: bool = True) -> float:
     return seq_len * (2 * matmul_params(config) + attention)
 
 
-def _time(fn, repeats: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, repeats: int, device: torch.device) -> float:
     """Best wall time of `fn` over `repeats` runs after one warm-up, synchronised."""
     fn()
-    torch.cuda.synchronize()
+    _sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def _peak(fn) -> tuple[float, int]:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+def _peak(fn, device: torch.device) -> tuple[float, int | None]:
+    """Wall time of one `fn` and the peak bytes allocated on the GPU during it (None on CPU)."""
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, torch.cuda.max_memory_allocated()
+    _sync(device)
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    return flops / seconds / peak if peak else None
+
+
+def _gib(num_bytes: int | None) -> float | None:
+    return None if num_bytes is None else num_bytes / 2**30
 
 
 def build_adapter(size: str, device: torch.device):
+    """Random init of `size` (a public shape in bf16, or `tiny` in float32 for --cpu-check)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from longvid.model.qwen2_5_vl import Qwen25VLAdapter
-    from longvid.model.tiny import load_tokenizer
+    from longvid.model.tiny import load_tokenizer, tiny_config
 
     tokenizer = load_tokenizer()
-    config = model_config(size, tokenizer)
+    config = tiny_config(tokenizer) if size == TINY else model_config(size, tokenizer)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # allocate in bf16 from the start (no fp32 copy)
+    if size != TINY:
+        torch.set_default_dtype(torch.bfloat16)  # allocate in bf16 from the start (no fp32 copy)
     try:
         with device:
             model = Qwen2_5_VLForConditionalGeneration(config)
@@ -146,9 +167,9 @@ def prefill_mfu(adapter, seq_len: int, peak: float, repeats: int) -> dict:
         hidden, _ = adapter.hidden_states(embeds, positions)
         adapter.logits(hidden[:, -1:])
 
-    seconds = _time(run, repeats)
+    seconds = _time(run, repeats, adapter.device)
     flops = forward_flops(adapter.hf.config, seq_len)
-    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": flops / seconds / peak}
+    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": _mfu(flops, seconds, peak)}
 
 
 def train_mfu(adapter, seq_len: int, peak: float, repeats: int) -> dict:
@@ -164,9 +185,9 @@ def train_mfu(adapter, seq_len: int, peak: float, repeats: int) -> dict:
         (-token_logprobs(adapter, hidden[0], targets).mean()).backward()
         adapter.model.zero_grad(set_to_none=True)
 
-    seconds = _time(run, repeats)
+    seconds = _time(run, repeats, adapter.device)
     flops = 3 * forward_flops(adapter.hf.config, seq_len)
-    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": flops / seconds / peak}
+    return {"tokens": seq_len, "seconds": seconds, "tokens_per_s": seq_len / seconds, "mfu": _mfu(flops, seconds, peak)}
 
 
 def flex_vs_dense(device: torch.device, seq_len: int = 4096, heads: int = 8, kv_heads: int = 2, dim: int = 128) -> dict:
@@ -217,10 +238,10 @@ def sft_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: int
     trainer = SFTTrainer(adapter, cfg, samples, frames, mesh=mesh)
     records = []
     for _ in range(steps):
-        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()))
+        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()), mesh.device)
         records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
     last = records[-1]
-    return {"step_s": last["seconds"], "tokens_per_s": last["tokens_per_s"], "peak_gib": last["peak_bytes"] / 2**30,
+    return {"step_s": last["seconds"], "tokens_per_s": last["tokens_per_s"], "peak_gib": _gib(last["peak_bytes"]),
             "loss": last["loss"]}
 
 
@@ -239,39 +260,52 @@ def grpo_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: in
     trainer = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh)
     records = []
     for _ in range(steps):
-        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()))
+        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()), mesh.device)
         records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
     last = records[-1]
-    return {"step_s": last["seconds"], "peak_gib": last["peak_bytes"] / 2**30,
+    return {"step_s": last["seconds"], "peak_gib": _gib(last["peak_bytes"]),
             **{k: v for k, v in last.items() if k.startswith("time/")}}
+
+
+# (flag, default on a GPU, default for --cpu-check)
+SIZES = (("--prefill-tokens", 16384, 256), ("--train-tokens", 8192, 128), ("--frames", 64, 4), ("--frame-size", 224, 56),
+         ("--steps", 2, 1), ("--repeats", 3, 1))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="3b", choices=sorted(SHAPES))
-    parser.add_argument("--prefill-tokens", type=int, default=16384)
-    parser.add_argument("--train-tokens", type=int, default=8192)
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--frame-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    for flag, gpu, cpu in SIZES:
+        parser.add_argument(flag, type=int, help=f"default {gpu} (--cpu-check: {cpu})")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: prefill,train,flex,sft,grpo")
+    parser.add_argument("--cpu-check", action="store_true",
+                        help="run every part but flex on the tiny model on CPU (small sizes): proves the script, measures nothing")
     args = parser.parse_args()
+    for flag, gpu, cpu in SIZES:
+        name = flag.removeprefix("--").replace("-", "_")
+        if getattr(args, name) is None:
+            setattr(args, name, cpu if args.cpu_check else gpu)
+    if args.cpu_check:
+        return run(args, size=TINY, device="cpu", peak=None, chip=None, skip={"flex"})
     if not torch.cuda.is_available():
         print("bench/gpu.py needs a CUDA GPU (none is visible to torch); CPU figures come from bench/sp.py and "
               "bench/fsdp.py", file=sys.stderr)
         return 2
+    peak, chip = peak_flops(torch.cuda.get_device_name())
+    return run(args, size=args.size, device="cuda", peak=peak, chip=chip, skip=set())
+
+
+def run(args, *, size: str, device: str, peak: float | None, chip: str | None, skip: set[str]) -> int:
     from longvid.parallel.mesh import init_mesh
 
-    mesh = init_mesh(device="cuda")
+    mesh = init_mesh(device=device)
     device = mesh.device
-    name = torch.cuda.get_device_name(device)
-    peak, chip = peak_flops(name)
-    skip = set(filter(None, args.skip.split(",")))
-    adapter = build_adapter(args.size, device)
+    skip |= set(filter(None, args.skip.split(",")))
+    adapter = build_adapter(size, device)
     result = {
-        "device": name, "gpus": mesh.world_size, "peak_bf16_tflops": peak / 1e12, "peak_from": chip,
-        "model": f"Qwen2.5-VL-{args.size} shapes, random init, bf16",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "gpus": mesh.world_size,
+        "peak_bf16_tflops": peak and peak / 1e12, "peak_from": chip,
+        "model": f"Qwen2.5-VL-{size} shapes, random init, {adapter.dtype}".replace("torch.", ""),
         "llm_matmul_params": matmul_params(adapter.hf.config),
     }
     if mesh.world_size == 1:
@@ -286,7 +320,7 @@ def main() -> int:
         if "sft" not in skip:
             result["sft"] = sft_step(adapter, mesh, args.frames, args.frame_size, tmp, args.steps)
         if "grpo" not in skip:
-            result["grpo"] = grpo_step(build_adapter(args.size, device), mesh, args.frames, args.frame_size, tmp, args.steps)
+            result["grpo"] = grpo_step(build_adapter(size, device), mesh, args.frames, args.frame_size, tmp, args.steps)
     if mesh.rank == 0:
         print(json.dumps(result))
     return 0

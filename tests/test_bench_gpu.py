@@ -1,6 +1,7 @@
 """The CPU-checkable parts of bench/gpu.py: model configs, FLOP counting, peak lookup, refusal on CPU."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,23 @@ def test_refuses_clearly_without_cuda():
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 2
     assert "needs a CUDA GPU" in run.stderr
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_cpu_check_runs_every_part_through_the_trainers(ranks):
+    """`--cpu-check` runs the script's prefill, training pass, SFT and GRPO steps on the tiny model
+    (under torchrun with FSDP for 2 ranks): what a GPU run would first trip on is caught here."""
+    command = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-check"]
+    if ranks > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), *command[1:]]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["gpus"] == ranks and result["device"] == "cpu"
+    single = {"prefill", "train_fwd_bwd"} if ranks == 1 else set()
+    assert single | {"sft", "grpo"} <= result.keys() and "flex_vs_dense" not in result
+    for part in single:
+        assert result[part]["tokens_per_s"] > 0 and result[part]["mfu"] is None
+    assert 0 < result["sft"]["loss"] < 20 and result["sft"]["peak_gib"] is None
+    assert result["grpo"]["step_s"] > 0 and result["grpo"]["time/rollout"] > 0
