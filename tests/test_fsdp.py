@@ -2,6 +2,8 @@
 a distributed checkpoint resumed by fresh processes equals the uninterrupted run; the exported
 folder reloads to the same logits; SP with empty frame shares and a trainable tower finishes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -184,3 +186,62 @@ def test_lora_under_fsdp_equals_one_process_and_exports(tmp_path):
         with torch.no_grad():
             hidden, _ = reloaded.hidden_states(reloaded.embed_tokens(FIXED_IDS)[None], torch.arange(len(FIXED_IDS)).expand(3, 1, -1))
     torch.testing.assert_close(reloaded.logits(hidden), torch.tensor(results[0][3], dtype=torch.float64), atol=1e-10, rtol=1e-10)
+
+
+def _bf16_step(rank, world, tmp, lr):
+    """One full fine-tuning SFT step of a bfloat16 model under FSDP dp=2: the dtypes the optimizer
+    steps and the forward computes in, and how far the (gathered) weights moved."""
+    from longvid.parallel.mesh import init_mesh
+
+    mesh = init_mesh()
+    samples, frames = flash_set(4, num_frames=4)
+    cfg = SFTConfig(
+        train=__file__, out_dir=f"{tmp}/bf16", steps=1, grad_accum=2, progress=False, log_every=0,
+        video=VideoConfig(num_frames=4), optim=OptimConfig(lr=lr, warmup_steps=0, max_grad_norm=1e9),
+    )
+    trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype="bfloat16")), cfg, samples, frames, mesh=mesh)
+    head = trainer.adapter.hf.lm_head
+    seen = []
+    # Registered after FSDP's own hooks: the pre-hook sees the gathered (compute) weight.
+    head.register_forward_pre_hook(lambda module, args: seen.append(module.weight.dtype))
+    head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = {name: _full(p.detach()).clone() for name, p in trainer.adapter.hf.named_parameters() if p.requires_grad}
+    masters = {p.dtype for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainer.train()
+    moved = {name: float((_full(p.detach()) - before[name]).abs().max()) for name, p in trainer.adapter.hf.named_parameters() if name in before}
+    exported = set()
+    if trainer.export(f"{tmp}/final") is not None:
+        from safetensors import safe_open
+
+        for file in Path(f"{tmp}/final").glob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                exported |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    return sorted(map(str, masters)), sorted(set(map(str, seen))), moved, sorted(exported)
+
+
+def test_fsdp_bf16_trains_float32_masters_in_bf16_compute(tmp_path):
+    """A bfloat16 model under FSDP computes in bfloat16 while the optimizer steps float32 masters:
+    an Adam step at lr 1e-6 moves every weight by ~1e-6, which a bf16 master would round away;
+    the export is bfloat16 again."""
+    results = run_ranks(_bf16_step, 2, str(tmp_path), 1e-6, timeout=400)
+    assert results[0][3] == ["BF16"]  # the export is in the compute dtype, not the float32 masters
+    for masters, seen, moved, _ in results:
+        assert masters == ["torch.float32"]
+        assert seen == ["torch.bfloat16"]
+        assert len(moved) > 10
+        for name, delta in moved.items():
+            assert 1e-7 < delta < 1e-5, (name, delta)
+    assert results[0][2] == results[1][2]
+
+
+def test_one_process_bf16_full_fine_tune_is_warned_about(tmp_path, caplog):
+    samples, frames = flash_set(2, num_frames=4)
+    cfg = SFTConfig(train=__file__, out_dir=f"{tmp_path}/one", steps=1, progress=False, log_every=0, video=VideoConfig(num_frames=4))
+    with caplog.at_level("WARNING", logger="longvid.training"):
+        SFTTrainer(load_adapter(ModelConfig(seed=3, dtype="bfloat16")), cfg, samples, frames)
+    assert "stepped in torch.bfloat16 by one process" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longvid.training"):  # LoRA adapters are float32 (peft): nothing to warn about
+        SFTTrainer(load_adapter(ModelConfig(seed=3, dtype="bfloat16")), SFTConfig(**{**cfg.__dict__, "lora": LoRAConfig(rank=4), "freeze_projector": True, "freeze_vision": True}),
+                   samples, frames)
+    assert "stepped in" not in caplog.text

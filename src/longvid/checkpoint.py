@@ -305,8 +305,9 @@ def merge_lora(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[s
     return merged
 
 
-def export_pretrained(model: torch.nn.Module, tokenizer: Any, folder: str | Path) -> Path | None:
-    """Write a plain `save_pretrained` folder of `model` (sharded or not, LoRA merged), atomically.
+def export_pretrained(model: torch.nn.Module, tokenizer: Any, folder: str | Path, *, dtype: torch.dtype | None = None) -> Path | None:
+    """Write a plain `save_pretrained` folder of `model` (sharded or not, LoRA merged), atomically;
+    floating-point weights in `dtype` when given (the compute dtype, not float32 training masters).
 
     The export is rebuilt from the underlying Hugging Face model's class and config. Every rank
     calls it (gathering is collective); rank 0 writes and returns the folder."""
@@ -317,6 +318,8 @@ def export_pretrained(model: torch.nn.Module, tokenizer: Any, folder: str | Path
     folder = Path(folder)
     if rank == 0:
         weights = merge_lora(model, state)
+        if dtype is not None:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
         with torch.device("meta"):
             fresh = type(base)(base.config)
         fresh.load_state_dict(weights, strict=False, assign=True)

@@ -195,7 +195,15 @@ class Trainer:
             adapter, config.lora, freeze_vision=freeze_vision, freeze_projector=freeze_projector, freeze_llm=freeze_llm
         )
         self.samples, self.load_frames = samples, load_frames
+        self.compute_dtype = adapter.dtype  # FSDP may keep float32 masters of a bf16 model (parallelize.apply_fsdp)
         self.sp = parallelize(self.adapter, mesh or Mesh.single(adapter.device), config.parallel)
+        low = [p for p in self.adapter.model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+        if low:
+            log.warning(
+                "%.1fM trainable parameters are stepped in %s by one process: updates below 2^-8 of a weight round "
+                "away. Train in float32 (--dtype float32), with LoRA (float32 adapters), or under FSDP on several ranks "
+                "(float32 masters)", sum(p.numel() for p in low) / 1e6, low[0].dtype,
+            )
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, total_steps)
         self.sampler = EpochSampler(len(samples), config.seed)
         self._setup_loop(config.out_dir)
@@ -290,7 +298,7 @@ class Trainer:
 
     def export(self, folder: str | Path) -> Path | None:
         """A plain `save_pretrained` folder of the trained model (LoRA merged); every rank calls it."""
-        return export_pretrained(self.adapter.model, self.adapter.tokenizer, folder)
+        return export_pretrained(self.adapter.model, self.adapter.tokenizer, folder, dtype=self.compute_dtype)
 
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError

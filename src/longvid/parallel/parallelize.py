@@ -130,14 +130,21 @@ def apply_fsdp(
     """`fully_shard` every unit of `fsdp_units(adapter)` and then the whole model over the
     flattened data x sequence-parallel mesh; returns the FSDP modules.
 
-    Mixed precision: parameters compute in their own dtype; gradients are reduced in float32 when
-    that dtype is bfloat16/float16. Frozen parameters stay replicated unless `shard_frozen`.
+    Mixed precision (torchtitan's): the model computes in the dtype it was loaded in; when that is
+    bfloat16/float16, each trainable parameter's sharded master copy (what the optimizer steps) is
+    float32 and gradients are reduced in float32. A bf16 master would round away any update below
+    2^-8 of the weight — every step of a full fine-tune at lr 1e-6. Frozen parameters keep their
+    dtype and stay replicated unless `shard_frozen`.
     """
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     root = adapter.model
-    dtype = next(root.parameters()).dtype
+    dtype = adapter.dtype
     low = dtype in (torch.bfloat16, torch.float16)
+    if low:
+        for p in root.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if low else dtype)
     ignored = set() if shard_frozen else {p for p in root.parameters() if not p.requires_grad}
     options = dict(
