@@ -307,3 +307,32 @@ def _fsdp_refused(rank, world, out_dir):
 def test_compression_under_fsdp_is_refused_clearly(tmp_path):
     for message in run_ranks(_fsdp_refused, 2, str(tmp_path), timeout=200):
         assert "parallel.fsdp=false" in message
+
+
+def test_cli_grpo_with_compression_then_eval_at_the_trained_ratio(tmp_path, capsys):
+    import json
+
+    from longvid.cli import main
+
+    data = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(data), "--num", "2", "--frames", "8", "--specs"]) == 0
+    run = tmp_path / "grpo"
+    args = ["grpo", "--train", str(data / "data.jsonl"), "--out-dir", str(run), "--steps", "1",
+            "--set", "video.num_frames=8", "--set", "progress=false", "--set", "batch_size=1", "--set", "group_size=2",
+            "--set", "max_new_tokens=4", "--set", "compress.window=8"]
+    assert main([*args, "--set", "compress.ratios=4"]) == 0
+    assert "drift" in capsys.readouterr().out
+    final = run / "final"
+    assert (run / "checkpoints" / "step-000001" / "model" / PARAMS_FILE).is_file() and (final / PARAMS_FILE).is_file()
+    eval_args = ["eval", "--data", str(data / "data.jsonl"), "--model", str(final), "--out", str(tmp_path / "eval"),
+                 "--frames", "8", "--max-new-tokens", "4"]
+    assert main([*eval_args, "--compress-ratio", "4"]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_samples"] == 2
+    # Continuing GRPO from that model at a ratio its summary tokens never trained is refused by name.
+    again = ["grpo", "--train", str(data / "data.jsonl"), "--model", str(final), "--out-dir", str(tmp_path / "again"),
+             "--steps", "1", "--set", "video.num_frames=8", "--set", "progress=false", "--set", "compress.window=8"]
+    capsys.readouterr()
+    assert main([*again, "--set", "compress.ratios=8"]) == 2
+    assert "ratio(s) [8] were not trained" in capsys.readouterr().err
+    assert main([*args[:4], str(tmp_path / "bad"), *args[5:], "--set", "compress.ratios=0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
