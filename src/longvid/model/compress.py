@@ -193,9 +193,9 @@ class SummaryTokens(nn.Module):
             raise ConfigError(f"compression ratio {ratio} is larger than the window of {self.window} visual tokens")
         return int(ratio)
 
-    def draw_ratios(self, num_visual: int, rng: random.Random) -> list[int]:
-        """One trained ratio per window (training)."""
-        return [rng.choice(self.ratios) for _ in range(num_windows(num_visual, self.window))]
+    def draw_ratios(self, num_visual: int, rng: random.Random, ratios: Sequence[int] | None = None) -> list[int]:
+        """One ratio per window (training), from `ratios` (default: every trained one)."""
+        return [rng.choice(ratios or self.ratios) for _ in range(num_windows(num_visual, self.window))]
 
     # -- save / load ------------------------------------------------------------------------------
 
@@ -478,9 +478,11 @@ def sp_hidden_states(sp: Any, layout: Layout) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # Rollout and GRPO over a compressed prefix. A trainer builds ONE layout per group (a ratio per
-# window, drawn or fixed) and uses it everywhere, so rollout and training see the same inputs:
+# window, drawn or fixed) and uses it everywhere, so rollout and training see the same inputs
+# (rl/trainer.py does this with `TrainingCompression.prefix_layout` and `rollout_groups(layouts=)`):
 #   layout = Compressor(summary, ratio).layout(prompt, embeds, positions)   # or interleave(...)
 #   samples = compress.sample(adapter, layout, G, sampling_config)           # prefill once, evicted
+#   layout = layout.refilled(embeds_with_grad, summary.embedding)           # the same layout, trainable
 #   packed = rl.packing.pack(adapter, layout.embeds, layout.positions, responses)
 #   logp = compress.packed_logprobs(adapter, layout, packed, sp=sp)          # policy and reference
 # ------------------------------------------------------------------------------------------------
@@ -629,8 +631,7 @@ class TrainingCompression:
 
     def draw_ratios(self, num_visual: int, rng: random.Random | None = None) -> list[int]:
         """One of this run's ratios per window (from `rng`, else the trainer's own stream)."""
-        rng = rng or self.rng
-        return [rng.choice(self.ratios) for _ in range(num_windows(num_visual, self.summary.window))]
+        return self.summary.draw_ratios(num_visual, rng or self.rng, self.ratios)
 
     def prefix_layout(self, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, rng: random.Random) -> Layout:
         """The compressed prompt `[S', D]` of a rollout: ratios drawn per window from `rng`."""
