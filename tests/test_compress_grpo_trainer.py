@@ -170,10 +170,10 @@ def test_lora_policy_with_the_adapter_disabled_runs_the_initial_summary_tokens_a
 
 def test_save_resume_with_compression_equals_the_uninterrupted_run(tmp_path):
     samples, frames = flash_set(3, num_frames=8)
-    full_trainer = GRPOTrainer(load_adapter(ModelConfig(seed=5)), _config(tmp_path / "a", steps=4, beta=0.04), samples, frames)
+    full_trainer = GRPOTrainer(load_adapter(ModelConfig(seed=5)), _config(tmp_path / "a", steps=3, beta=0.04), samples, frames)
     full = full_trainer.train()
 
-    cfg_b = _config(tmp_path / "b", steps=4, save_every=2, beta=0.04)
+    cfg_b = _config(tmp_path / "b", steps=3, save_every=2, beta=0.04)
     calls = {"n": 0}
 
     def crashing(sample):
@@ -322,6 +322,12 @@ def test_cli_grpo_with_compression_then_eval_at_the_trained_ratio(tmp_path, caps
             "--set", "max_new_tokens=4", "--set", "compress.window=8"]
     assert main([*args, "--set", "compress.ratios=4"]) == 0
     assert "drift" in capsys.readouterr().out
+    # --resume reads the stored config (compress included) and continues from the checkpoint.
+    assert main([*args[:5], "--steps", "2", "--set", "progress=false", "--resume"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    from longvid.runs import stored_config
+
+    assert stored_config(run)["compress"] == {"ratios": [4], "window": 8}
     final = run / "final"
     assert (run / "checkpoints" / "step-000001" / "model" / PARAMS_FILE).is_file() and (final / PARAMS_FILE).is_file()
     eval_args = ["eval", "--data", str(data / "data.jsonl"), "--model", str(final), "--out", str(tmp_path / "eval"),
