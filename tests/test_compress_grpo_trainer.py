@@ -45,6 +45,7 @@ def test_ratio_one_everywhere_equals_the_uncompressed_trainer_exactly(tmp_path):
         trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1, dtype="float64")),
                               _config(tmp_path / name, beta=0.04, compress=comp), samples, frames)
         runs[name] = trainer.train(), _llm_weights(trainer)
+        assert (trainer.compression is None) == (comp is None)  # the ratio-1 run goes through compression
     (plain, w_plain), (ratio1, w_ratio1) = runs["plain"], runs["ratio1"]
     for a, b in zip(plain, ratio1, strict=True):
         for key in ("loss", "kl", "reward", "grad_norm", "response_length", "drift_max"):
@@ -229,6 +230,8 @@ def test_grpo_from_a_compressed_checkpoint_picks_its_summary_tokens_up_and_refus
     trainer = GRPOTrainer(load_adapter(model), cfg, samples, frames)
     assert torch.equal(trainer.compression.summary.embedding.detach(), saved.embedding.detach())
     assert trainer.compression.ratios == (4,) and trainer.compression.summary.ratios == (2, 4)
+    record = trainer.train_step()
+    assert record["drift_max"] < 1e-4 and not torch.equal(trainer.compression.summary.embedding.detach(), saved.embedding)
     with pytest.raises(ConfigError, match=r"ratio\(s\) \[8\] were not trained.*trained: \[2, 4\]"):
         GRPOTrainer(load_adapter(model), _config(tmp_path / "r8", model=model, compress=CompressConfig(ratios=(4, 8), window=WINDOW)),
                     samples, frames)
@@ -342,3 +345,13 @@ def test_cli_grpo_with_compression_then_eval_at_the_trained_ratio(tmp_path, caps
     assert "ratio(s) [8] were not trained" in capsys.readouterr().err
     assert main([*args[:4], str(tmp_path / "bad"), *args[5:], "--set", "compress.ratios=0"]) == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_a_trainable_vision_tower_gets_gradients_through_the_compressed_prefix(tmp_path):
+    samples, frames = flash_set(2, num_frames=8)
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=8)), _config(tmp_path, steps=1, train_vision=True), samples, frames)
+    before = {n: p.detach().clone() for n, p in trainer.adapter.hf.named_parameters() if ".visual." in n}
+    record = trainer.train()[-1]
+    assert record["grad_norm"] > 0 and record["drift_max"] < 1e-4
+    after = dict(trainer.adapter.hf.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the re-encoded embeddings carry gradients
