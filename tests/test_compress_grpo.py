@@ -1,6 +1,6 @@
 """GRPO over a compressed prefix: the packed pass equals G separate compressed forwards (log-probs
 and gradients, float64), rollout log-probs over the windowed-prefill cache equal the packed pass,
-and the compressed packed pass under sequence parallelism (Ulysses, ring) equals one process."""
+and the compressed packed pass under sequence parallelism (Ulysses, ring; 2 and 4 ranks) equals one process."""
 
 import numpy as np
 import pytest
@@ -116,11 +116,15 @@ def _named(adapter, summary):
     yield from (("summary." + n, p) for n, p in summary.named_parameters())
 
 
+@pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("mode", ["ulysses", "ring"])
-def test_compressed_packed_pass_is_exact_under_sp(mode):
+def test_compressed_packed_pass_is_exact_under_sp(mode, world):
+    """The composed (shared prefix AND visual summary) mask under 2 and 4 sequence-parallel ranks:
+    at 4 a rank's shard can hold no summary token at all, so its summary parameters get no
+    gradient: the replicated reduction must still make the same collectives on every rank."""
     ref_logp, ref_grads = _sp_pass(0, 1, mode)
     assert any(n.startswith("summary.") for n in ref_grads)
-    for logp, grads in run_ranks(_sp_pass, 2, mode, timeout=300):
+    for logp, grads in run_ranks(_sp_pass, world, mode, timeout=300):
         torch.testing.assert_close(torch.tensor(logp), torch.tensor(ref_logp), atol=1e-10, rtol=0)
         assert grads.keys() == ref_grads.keys()
         for name in ref_grads:

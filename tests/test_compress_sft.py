@@ -48,6 +48,8 @@ def test_compressed_sft_trains_checkpoints_and_resumes_exactly(tmp_path):
     assert (final / PARAMS_FILE).is_file()
     loaded = SummaryTokens.load(final, load_adapter(ModelConfig(path=str(final))))
     assert torch.equal(loaded.embedding.detach(), trainer.compression.summary.embedding.detach())
+    exported = tmp_path / "a" / "run" / "final"  # the final export carries them too
+    assert torch.equal(SummaryTokens.load(exported, load_adapter(ModelConfig(path=str(exported)))).embedding, loaded.embedding)
 
     calls = {"n": 0}
 

@@ -171,6 +171,7 @@ class Trainer:
 
     name = "train"
     postfix_keys: tuple[str, ...] = ("loss",)
+    compression = None  # a `TrainingCompression` when the recipe trains visual summary tokens
 
     def _setup(
         self,
@@ -207,6 +208,22 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(self.adapter.model, config.optim, total_steps)
         self.sampler = EpochSampler(len(samples), config.seed)
         self._setup_loop(config.out_dir)
+
+    def _setup_compression(self, compress, start: str | None, total_steps: int) -> None:
+        """Visual summary tokens trained with the model (`compress`, a `CompressConfig`; None: off),
+        starting from those saved beside the checkpoint `start` if it has them; the optimizer is
+        rebuilt over the model and the summary parameters. Their state rides in every checkpoint
+        and they are saved beside the checkpoint's and the final export's model."""
+        from .model.compress import PARAMS_FILE, TrainingCompression
+
+        if compress is None:
+            if start and (Path(start) / PARAMS_FILE).is_file():
+                log.warning("%s has summary tokens but this run is uncompressed (set compress.ratios to use them)", start)
+            return
+        if self.sp.sharded:
+            raise ConfigError("compress: summary tokens are not FSDP-sharded yet; with several processes set parallel.fsdp=false")
+        self.compression = TrainingCompression(self.adapter, compress, self.config.seed, start=start)
+        self.optimizer, self.scheduler = build_optimizer(self.compression.trainable(self.adapter.model), self.config.optim, total_steps)
 
     def _setup_loop(self, out_dir: str) -> None:
         self.step = 0
@@ -258,14 +275,18 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "history": self.history,
             **self.extra_state(),
+            **(self.compression.extra_state() if self.compression else {}),
         }
         sharded = self._sharded_state() if self.sp.sharded else None
         if sharded is None and self.is_main:
             state["optimizer"] = self.optimizer.state_dict()
-        return save_checkpoint(
+        path = save_checkpoint(
             self.checkpoint_dir, self.step, self.adapter.model, self.adapter.tokenizer, state,
             meta=checkpoint_meta(self.config, self.name), rank_state=self.rank_state(), sharded=sharded,
         )
+        if self.compression and self.is_main:
+            self.compression.save_beside(path)
+        return path
 
     def resume(self) -> bool:
         path = latest_checkpoint(self.checkpoint_dir)
@@ -290,6 +311,8 @@ class Trainer:
         self.step = state["step"]
         self.history = [dict(h) for h in state["history"]]
         self.load_extra_state(state)
+        if self.compression:
+            self.compression.load_extra_state(state)
         mine = load_rank_state(path)
         self.load_rank_state(mine)
         set_rng_state(mine["rng"])
@@ -298,7 +321,10 @@ class Trainer:
 
     def export(self, folder: str | Path) -> Path | None:
         """A plain `save_pretrained` folder of the trained model (LoRA merged); every rank calls it."""
-        return export_pretrained(self.adapter.model, self.adapter.tokenizer, folder, dtype=self.compute_dtype)
+        exported = export_pretrained(self.adapter.model, self.adapter.tokenizer, folder, dtype=self.compute_dtype)
+        if self.compression and exported is not None:
+            self.compression.summary.save(exported)  # beside it, as beside every checkpoint
+        return exported
 
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError

@@ -39,6 +39,7 @@ import contextlib
 import contextvars
 import dataclasses
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -58,6 +59,8 @@ DEFAULT_RATIOS = (2, 4, 8, 12, 16)
 PARAMS_FILE = "summary_tokens.safetensors"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
+log = logging.getLogger(__name__)
+
 _summary_rows: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("summary_rows", default=None)
 
 
@@ -65,10 +68,12 @@ _summary_rows: contextvars.ContextVar[torch.Tensor | None] = contextvars.Context
 class CompressConfig(Validated):
     """`compress.*` settings: the ratios trained (one drawn per window), the window in visual tokens."""
 
-    ratios: tuple[int, ...] | str = DEFAULT_RATIOS  # also "2,4,8" (the command line's form)
+    ratios: tuple[int, ...] | int | str = DEFAULT_RATIOS  # also "2,4,8" or 4 (the command line's forms)
     window: int = 1440
 
     def validate(self) -> None:
+        if isinstance(self.ratios, int) and not isinstance(self.ratios, bool):
+            self.ratios = (self.ratios,)
         if isinstance(self.ratios, str):
             try:
                 self.ratios = tuple(int(r) for r in self.ratios.split(",") if r.strip())
@@ -160,6 +165,23 @@ class SummaryTokens(nn.Module):
             handle.remove()
         self._handles = []
 
+    def frozen_copy(self) -> "SummaryTokens":
+        """These parameters as they are now, frozen and attached nowhere (a GRPO reference's)."""
+        projections = [{name: _copy_linear(layer[name]) for name in PROJECTIONS} for layer in self.layers]
+        return SummaryTokens(self.embedding, projections, ratios=self.ratios, window=self.window).requires_grad_(False)
+
+    @contextlib.contextmanager
+    def replaced_by(self, other: "SummaryTokens", adapter: VLMAdapter) -> Iterator[None]:
+        """Inside: `other`'s projections are hooked into `adapter` instead of these (the policy with
+        its LoRA disabled as the GRPO reference runs the initial summary parameters)."""
+        self.detach_hooks()
+        other.attach(adapter)
+        try:
+            yield
+        finally:
+            other.detach_hooks()
+            self.attach(adapter)
+
     # -- checks -----------------------------------------------------------------------------------
 
     def check_inference_ratio(self, ratio: int) -> int:
@@ -171,9 +193,9 @@ class SummaryTokens(nn.Module):
             raise ConfigError(f"compression ratio {ratio} is larger than the window of {self.window} visual tokens")
         return int(ratio)
 
-    def draw_ratios(self, num_visual: int, rng: random.Random) -> list[int]:
-        """One trained ratio per window (training)."""
-        return [rng.choice(self.ratios) for _ in range(num_windows(num_visual, self.window))]
+    def draw_ratios(self, num_visual: int, rng: random.Random, ratios: Sequence[int] | None = None) -> list[int]:
+        """One ratio per window (training), from `ratios` (default: every trained one)."""
+        return [rng.choice(ratios or self.ratios) for _ in range(num_windows(num_visual, self.window))]
 
     # -- save / load ------------------------------------------------------------------------------
 
@@ -256,6 +278,21 @@ class Layout:
     @property
     def mask_fn(self) -> masks.MaskFn:
         return masks.visual_summary(self.kind, self.window_id)
+
+    def refilled(self, embeds: torch.Tensor, summary_embedding: torch.Tensor) -> "Layout":
+        """This layout over new embeddings `[S, D]` of the same uncompressed sequence and a summary
+        embedding: the GRPO policy pass (with gradients) and reference pass (another model's)
+        rebuild the very prefix the rollout decoded from."""
+        if embeds.shape[0] <= int(self.source.max()):
+            raise ValueError(f"embeddings of {embeds.shape[0]} tokens for a layout over {int(self.source.max()) + 1}")
+        rows = embeds[self.source.clamp(min=0)]
+        summary = summary_embedding.to(rows.dtype)[None].expand_as(rows)
+        return dataclasses.replace(self, embeds=torch.where(self.is_summary[:, None], summary, rows))
+
+    @property
+    def compressed(self) -> bool:
+        """Whether any raw visual token is evicted (False: ratio 1 everywhere, today's sequence)."""
+        return bool((self.kind == RAW).any())
 
     def padded(self, length: int) -> "Layout":
         """Kinds and windows extended with plain text up to `length` (responses packed after it)."""
@@ -371,8 +408,7 @@ def layout_for(
 def masked_hidden_states(adapter: VLMAdapter, layout: Layout) -> torch.Tensor:
     """Hidden states `[S', D]` of the whole compressed sequence in one forward under its mask."""
     # With no raw visual token (ratio 1 everywhere) the mask is plain causal: today's path exactly.
-    compressed = bool((layout.kind == RAW).any())
-    mask = masks.prepared_mask(layout.mask_fn, len(layout), layout.embeds.device) if compressed else None
+    mask = masks.prepared_mask(layout.mask_fn, len(layout), layout.embeds.device) if layout.compressed else None
     with routing(layout.is_summary[None]):
         hidden, _ = adapter.hidden_states(layout.embeds[None], layout.positions.unsqueeze(-2), attention_mask=mask)
     return hidden[0]
@@ -399,6 +435,8 @@ def windowed_prefill(adapter: VLMAdapter, layout: Layout, cache: Any = None) -> 
     segments = [(0, layout.windows[0][0])] + list(layout.windows) + [(layout.windows[-1][1], len(layout))]
     if segments[-1][1] <= segments[-1][0]:
         raise ValueError("the sequence must have text after the video (the question, the assistant turn)")
+    if not layout.compressed:  # nothing to evict: one pass, exactly today's prefill
+        segments = [(0, len(layout))]
     kept = []
     hidden = None
     for a, b in segments:
@@ -413,7 +451,8 @@ def windowed_prefill(adapter: VLMAdapter, layout: Layout, cache: Any = None) -> 
         if len(keep) < b - a:
             _evict(cache, before, keep)
         kept.append(keep + a)
-    return Prefilled(cache, hidden[0], layout.positions, torch.cat(kept))
+    tail = len(layout) - layout.windows[-1][1]
+    return Prefilled(cache, hidden[0, -tail:], layout.positions, torch.cat(kept))
 
 
 def _evict(cache: Any, before: int, keep_in_segment: torch.Tensor) -> None:
@@ -439,9 +478,11 @@ def sp_hidden_states(sp: Any, layout: Layout) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # Rollout and GRPO over a compressed prefix. A trainer builds ONE layout per group (a ratio per
-# window, drawn or fixed) and uses it everywhere, so rollout and training see the same inputs:
+# window, drawn or fixed) and uses it everywhere, so rollout and training see the same inputs
+# (rl/trainer.py does this with `TrainingCompression.prefix_layout` and `rollout_groups(layouts=)`):
 #   layout = Compressor(summary, ratio).layout(prompt, embeds, positions)   # or interleave(...)
 #   samples = compress.sample(adapter, layout, G, sampling_config)           # prefill once, evicted
+#   layout = layout.refilled(embeds_with_grad, summary.embedding)           # the same layout, trainable
 #   packed = rl.packing.pack(adapter, layout.embeds, layout.positions, responses)
 #   logp = compress.packed_logprobs(adapter, layout, packed, sp=sp)          # policy and reference
 # ------------------------------------------------------------------------------------------------
@@ -463,6 +504,8 @@ def packed_mask(layout: Layout, packed: Any) -> tuple[masks.MaskFn, torch.Tensor
     if not torch.equal(packed.embeds[: len(layout)], layout.embeds):
         raise ValueError("the packed sequence does not start with this compressed prefix")
     padded = layout.padded(len(packed))
+    if not layout.compressed:  # ratio 1 everywhere: the visual-summary mask is causal, today's pass
+        return packed.mask_fn, padded.is_summary
     return masks.and_masks(packed.mask_fn, padded.mask_fn), padded.is_summary
 
 
@@ -569,27 +612,38 @@ class Compressor:
 
 
 class TrainingCompression:
-    """What a trainer needs to train with summary tokens: fresh (or resumed) summary parameters
-    hooked into the model, a ratio drawn per window, the compressed forward and its labels, and
-    the summary parameters' save/restore beside the trainer's checkpoints."""
+    """What a trainer needs to train with summary tokens: the summary parameters hooked into the
+    model (fresh, or those trained beside the starting checkpoint), a ratio drawn per window from
+    `config.ratios`, the compressed forward and its labels, and the parameters' save/restore
+    beside the trainer's checkpoints and final export."""
 
     STATE_KEY = "summary_tokens"
 
-    def __init__(self, adapter: VLMAdapter, config: CompressConfig, seed: int = 0):
+    def __init__(self, adapter: VLMAdapter, config: CompressConfig, seed: int = 0, *, start: str | Path | None = None):
         config.validate()
-        self.summary = SummaryTokens.from_adapter(adapter, ratios=config.ratios, window=config.window).attach(adapter)
+        self.ratios = tuple(config.ratios)  # drawn from; the summary module records every ratio trained
+        self.summary = starting_summary(adapter, config, start).attach(adapter)
         self.rng = random.Random(seed)
 
     def trainable(self, model: nn.Module) -> nn.Module:
         """`model` and the summary parameters as one module (to build the optimizer over both)."""
         return nn.ModuleList([model, self.summary])
 
+    def draw_ratios(self, num_visual: int, rng: random.Random | None = None) -> list[int]:
+        """One of this run's ratios per window (from `rng`, else the trainer's own stream)."""
+        return self.summary.draw_ratios(num_visual, rng or self.rng, self.ratios)
+
+    def prefix_layout(self, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, rng: random.Random) -> Layout:
+        """The compressed prompt `[S', D]` of a rollout: ratios drawn per window from `rng`."""
+        ratios = self.draw_ratios(int(prompt.visual_mask.sum()), rng)
+        return interleave(embeds, positions, prompt.visual_mask.to(embeds.device), self.summary.embedding, ratios, self.summary.window)
+
     def hidden_states(self, sp: Any, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
         """This rank's hidden states and shifted labels of `[prompt | response]` compressed (one
         forward under the visual-summary mask; a ratio drawn per window)."""
         visual = torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device)
         visual[: len(prompt)] = prompt.visual_mask.to(embeds.device)
-        ratios = self.summary.draw_ratios(int(visual.sum()), self.rng)
+        ratios = self.draw_ratios(int(visual.sum()))
         layout = interleave(embeds, positions, visual, self.summary.embedding, ratios, self.summary.window, labels)
         return sp_hidden_states(sp, layout), sp.shard(layout.labels, pad_value=-100)
 
@@ -597,6 +651,8 @@ class TrainingCompression:
         return {self.STATE_KEY: {k: v.detach().cpu() for k, v in self.summary.state_dict().items()}, "compress_rng": self.rng.getstate()}
 
     def load_extra_state(self, state: dict) -> None:
+        if self.STATE_KEY not in state:
+            raise ConfigError("the checkpoint holds no summary-token state: it was saved without compression")
         self.summary.load_state_dict(state[self.STATE_KEY])
         self.rng.setstate(state["compress_rng"])
 
@@ -604,3 +660,21 @@ class TrainingCompression:
         """`summary_tokens.safetensors` next to the checkpoint's `model/` folder contents."""
         if checkpoint is not None:
             self.summary.save(Path(checkpoint) / "model")
+
+
+def starting_summary(adapter: VLMAdapter, config: CompressConfig, start: str | Path | None) -> SummaryTokens:
+    """The summary parameters a training run starts from: those saved beside the starting
+    checkpoint `start` when it has them (every ratio asked for must be one they were trained
+    with, and the window the same), else fresh ones (`SummaryTokens.from_adapter`)."""
+    if start is None or not (Path(start) / PARAMS_FILE).is_file():
+        return SummaryTokens.from_adapter(adapter, ratios=config.ratios, window=config.window)
+    loaded = SummaryTokens.load(start, adapter)
+    untrained = [r for r in config.ratios if r != 1 and r not in loaded.ratios]
+    if untrained:
+        raise ConfigError(f"compress.ratios: ratio(s) {untrained} were not trained with the summary tokens in {start} "
+                          f"(trained: {list(loaded.ratios)}, or 1: off)")
+    if loaded.window != config.window:
+        raise ConfigError(f"compress.window={config.window}, but the summary tokens in {start} were trained with "
+                          f"windows of {loaded.window} visual tokens: set compress.window={loaded.window}")
+    log.info("summary tokens from %s (trained ratios %s); this run draws from %s", start, list(loaded.ratios), list(config.ratios))
+    return loaded

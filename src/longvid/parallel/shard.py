@@ -205,6 +205,14 @@ def reduce_replicated_grads(parameters, mesh: Mesh, *, dp_mean: bool = False) ->
     global count) or average (`dp_mean`, DDP's convention, for losses normalised per rank)."""
     if mesh.world_size == 1:
         return
+    parameters = list(parameters)
+    # A parameter can have a gradient on some ranks only (visual summary tokens absent from one
+    # rank's tokens): agree on which have one, so every rank makes the same collectives.
+    held = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32, device=mesh.device)
+    dist.all_reduce(held, op=dist.ReduceOp.MAX)
+    for p, anywhere in zip(parameters, held.tolist()):
+        if p.grad is None and anywhere:
+            p.grad = torch.zeros_like(p)
     for p in parameters:
         if p.grad is None:
             continue

@@ -10,6 +10,17 @@ One step, in phases (`train_step`):
 - record: the metrics.
 Rollout and training read the same `VisualEmbeds` and `Prompt`, so the drift between rollout and
 training log-probs is ~0 by construction; it is logged every step to prove it.
+
+With `compress` (visual summary tokens, `model/compress.py`) each prompt is compressed once per
+step: a ratio drawn per window from `compress.ratios` (a function of seed, step and place in the
+global batch, like the rollout's random stream), the rollout prefills that layout window by
+window with the raw visual K/V evicted and decodes the G responses from it, and the policy and
+reference passes are the packed shared-prefix passes over the same layout under the composed
+mask (`shared_prefix` AND `visual_summary`). The summary parameters train with the policy (as in
+SFT): they start from those saved beside `model.path` when it has them, else fresh; the
+reference runs a frozen copy of the initial ones. They ride in every checkpoint (with their
+optimizer state) and are saved beside each checkpoint's and the final export's model.
+Compression runs with data and sequence parallelism on replicated parameters (not under FSDP).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -30,6 +42,8 @@ from ..data.dataset import video_identity
 from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import Encoded, question_text
+from ..model import compress
+from ..model.compress import CompressConfig
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
 from ..model.sampling import SamplingConfig
 from ..parallel.mesh import Mesh
@@ -56,6 +70,7 @@ class GRPOConfig(Validated):
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0))
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    compress: CompressConfig | None = None  # visual summary tokens (e.g. --set compress.ratios=4)
     steps: int = 50
     batch_size: int = 2  # prompts per step
     group_size: int = 8  # G responses per prompt
@@ -139,6 +154,14 @@ class GRPOTrainer(Trainer):
         mesh = self.sp.mesh
         par = config.parallel
         self.ref_sp = parallelize(self.reference, mesh, par, trainable=False) if self.reference else None
+        self._setup_compression(config.compress, config.model.path, config.steps * config.num_iterations)
+        # The reference compresses with the initial summary parameters, frozen (hooked into the
+        # reference copy; swapped into the policy for reference=base).
+        self.reference_summary = None
+        if self.compression and config.beta > 0:
+            self.reference_summary = self.compression.summary.frozen_copy()
+            if self.reference is not None:
+                self.reference_summary.attach(self.reference)
         # Without `video_key` a video's identity is a hash of its decoded pixels (decoded every step).
         self.video_key = video_key
         self.rewards = RewardSuite.from_weights(config.rewards)
@@ -173,16 +196,28 @@ class GRPOTrainer(Trainer):
             with timer("encode"):
                 encoded, videos = zip(*(self._encode(sample) for _, sample in batch))
             generators = [self._prompt_generator(place) for place, _ in batch]
-            with timer("rollout"):
-                groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators)
+            with timer("rollout"), torch.no_grad():
+                layouts = [self._compressed_prompt(place, e) for (place, _), e in zip(batch, encoded)] if self.compression else None
+                groups = rollout_groups(self.adapter, encoded, cfg.group_size, cfg.sampling, generators=generators, layouts=layouts)
         return groups, list(videos)
+
+    def _prompt_seed(self, place: int, *stream: int) -> int:
+        seed = np.random.SeedSequence((self.config.seed, self.step, place, *stream)).generate_state(1, np.uint64)[0]
+        return int(seed)
 
     def _prompt_generator(self, place: int) -> torch.Generator:
         """The random stream of one prompt, a function of (seed, step, place in the global batch) only:
         resume needs no generator state, SP ranks of a replica sample alike, DP ranks differently,
         and a run with DP = n samples what one process with an n times larger batch samples."""
-        seed = np.random.SeedSequence((self.config.seed, self.step, place)).generate_state(1, np.uint64)[0]
-        return torch.Generator(device=self.adapter.device).manual_seed(int(seed))
+        return torch.Generator(device=self.adapter.device).manual_seed(self._prompt_seed(place))
+
+    def _compressed_prompt(self, place: int, encoded: Encoded) -> compress.Layout:
+        """The prompt with summary slots, its ratios drawn from a stream of (seed, step, place) like
+        the rollout's, so every mesh (and a resumed run) compresses alike."""
+        if encoded.visual.deepstack is not None:
+            raise ConfigError("compress: visual summary tokens do not support DeepStack families (Qwen3-VL) yet")
+        embeds, positions = self.adapter.prefix_inputs(encoded.prompt, encoded.visual)
+        return self.compression.prefix_layout(encoded.prompt, embeds, positions, random.Random(self._prompt_seed(place, 1)))
 
     def _score(self, groups: list[Group], timer: _PhaseTimer) -> _Scored:
         """Rewards, group advantages, DAPO's filter, and the counts every rank must agree on."""
@@ -256,8 +291,8 @@ class GRPOTrainer(Trainer):
         backward. Returns the response mask, the detached log-probs, the loss and its metrics."""
         cfg = self.config
         with timer("policy"):
-            packed = self._policy_inputs(group, video)
-            logp = packed_logprobs(self.adapter, packed, temperature=cfg.temperature, sp=self.sp)
+            packed, layout = self._policy_inputs(group, video)
+            logp = self._logprobs(self.adapter, packed, layout, self.sp)
         with timer("reference"):
             ref_logp = self._reference_logprobs(group)
         with timer("backward"):
@@ -361,27 +396,39 @@ class GRPOTrainer(Trainer):
         encoded = Encoded(sample, visual, self.adapter.build_prompt(question_text(sample), visual))
         return encoded, (pixels() if cfg.train_vision else None)
 
-    def _packed(self, adapter: VLMAdapter, group: Group, visual: VisualEmbeds) -> Packed:
+    def _packed(
+        self, adapter: VLMAdapter, group: Group, visual: VisualEmbeds, summary: compress.SummaryTokens | None = None
+    ) -> tuple[Packed, compress.Layout | None]:
+        """The packed group, and its compressed prefix (the rollout's layout over `adapter`'s
+        embeddings and `summary`'s embedding) when the rollout compressed it."""
         embeds, positions = adapter.prefix_inputs(group.encoded.prompt, visual)
-        return pack(adapter, embeds, positions, group.responses, deepstack=visual.deepstack)
+        if group.layout is None:
+            return pack(adapter, embeds, positions, group.responses, deepstack=visual.deepstack), None
+        layout = group.layout.refilled(embeds, summary.embedding)
+        return pack(adapter, layout.embeds, layout.positions, group.responses), layout
 
-    def _policy_inputs(self, group: Group, video: VideoInputs | None) -> Packed:
+    def _logprobs(self, adapter: VLMAdapter, packed: Packed, layout: compress.Layout | None, sp) -> torch.Tensor:
+        """One packed pass: causal shared-prefix, or composed with the visual-summary mask."""
+        if layout is None:
+            return packed_logprobs(adapter, packed, temperature=self.config.temperature, sp=sp)
+        return compress.packed_logprobs(adapter, layout, packed, temperature=self.config.temperature, sp=sp)
+
+    def _policy_inputs(self, group: Group, video: VideoInputs | None) -> tuple[Packed, compress.Layout | None]:
         """The packed group; with a trainable vision tower the video is re-encoded with gradients."""
         visual = group.encoded.visual if video is None else self.sp.encode(video, chunk_patches=self.config.video.encode_chunk)
-        return self._packed(self.adapter, group, visual)
+        return self._packed(self.adapter, group, visual, self.compression.summary if self.compression else None)
 
     def _reference_logprobs(self, group: Group) -> torch.Tensor | None:
         """The reference pass reuses the step's cached embeddings; it never re-encodes."""
         if self.config.beta == 0:
             return None
-        temperature = self.config.temperature
+        summary = self.reference_summary
         with torch.no_grad():
             if self.reference is not None:
-                packed = self._packed(self.reference, group, group.encoded.visual)
-                return packed_logprobs(self.reference, packed, temperature=temperature, sp=self.ref_sp)
-            with self.adapter.model.disable_adapter():
-                packed = self._packed(self.adapter, group, group.encoded.visual)
-                return packed_logprobs(self.adapter, packed, temperature=temperature, sp=self.sp)
+                return self._logprobs(self.reference, *self._packed(self.reference, group, group.encoded.visual, summary), self.ref_sp)
+            swap = self.compression.summary.replaced_by(summary, self.adapter) if summary else contextlib.nullcontext()
+            with self.adapter.model.disable_adapter(), swap:
+                return self._logprobs(self.adapter, *self._packed(self.adapter, group, group.encoded.visual, summary), self.sp)
 
     # -- checkpoint state ---------------------------------------------------------------------------
 

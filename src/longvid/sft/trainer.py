@@ -20,9 +20,9 @@ from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import question_text, target_text, with_response
 from ..model.adapter import VLMAdapter
-from ..model.compress import CompressConfig, TrainingCompression
+from ..model.compress import CompressConfig
 from ..parallel.mesh import Mesh
-from ..training import LoRAConfig, OptimConfig, Trainer, build_optimizer
+from ..training import LoRAConfig, OptimConfig, Trainer
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,7 @@ class SFTTrainer(Trainer):
             freeze_llm=config.freeze_llm,
             total_steps=config.steps,
         )
-        self.compression = TrainingCompression(self.adapter, config.compress, config.seed) if config.compress else None
-        if self.compression:  # the optimizer also trains the summary parameters
-            self.optimizer, self.scheduler = build_optimizer(self.compression.trainable(self.adapter.model), config.optim, config.steps)
-
-    def extra_state(self) -> dict:
-        return self.compression.extra_state() if self.compression else {}
-
-    def load_extra_state(self, state: dict) -> None:
-        if self.compression:
-            self.compression.load_extra_state(state)
-
-    def save(self):
-        path = super().save()
-        if self.compression and self.is_main:
-            self.compression.save_beside(path)
-        return path
+        self._setup_compression(config.compress, config.model.path, config.steps)
 
     def train_step(self) -> dict[str, float]:
         adapter, cfg, mesh = self.adapter, self.config, self.sp.mesh
