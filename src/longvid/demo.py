@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import VideoConfig
 from .data.dataset import VideoDataset
 from .eval.mcq import frames_scaling, markdown_table, write_result, evaluate
@@ -281,4 +283,79 @@ Training-rollout reward {first['reward']:.3f} → {last['reward']:.3f} (accuracy
 video. Wall time: data {timings['data_s']:.0f} s, SFT {timings['sft_warmup_s'] + timings['sft_s']:.0f} s,
 filter {timings['filter_s']:.0f} s, GRPO {timings['grpo_s']:.0f} s, evaluation {timings['eval_sft_s'] + timings['eval_s']:.0f} s,
 total {timings['total_s']:.0f} s.
+"""
+
+
+def run_demo_seeds(out: str | Path, seeds: list[int], *, quick: bool = False, progress: bool = True, plan: DemoPlan | None = None) -> dict:
+    """The demo once per seed (in `out/seed<S>/`), then the comparison across seeds in `out/report.md`:
+    after-SFT and after-GRPO held-out accuracy per seed, their mean and spread, and the gain."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {seed: run_demo(out / f"seed{seed}", quick=quick, seed=seed, progress=progress, plan=plan) for seed in seeds}
+    stages = {"after SFT": "accuracy_after_sft", "after GRPO": "accuracy"}
+    summary = {name: _spread([runs[s][key] for s in seeds]) for name, key in stages.items()}
+    summary["gain"] = _spread([runs[s]["accuracy"] - runs[s]["accuracy_after_sft"] for s in seeds])
+    chance = runs[seeds[0]]["chance"]
+    metrics = {
+        "seeds": seeds,
+        "chance": chance,
+        "summary": summary,
+        "per_seed": {str(s): {"accuracy_after_sft": m["accuracy_after_sft"], "accuracy": m["accuracy"], "total_s": m["timings"]["total_s"]} for s, m in runs.items()},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(
+        {name: [(s, 100 * runs[s][key]) for s in seeds] for name, key in stages.items()} | {"chance": [(s, 100 * chance) for s in seeds]},
+        out / "accuracy_by_seed.png", title="Held-out accuracy per seed", ylabel="accuracy (%)", xlabel="seed",
+    )
+    (out / "report.md").write_text(_seeds_report(runs, seeds, summary, chance, quick))
+    log.info("demo over seeds %s: gain %+.1f ± %.1f points; report in %s", seeds, 100 * summary["gain"]["mean"], 100 * summary["gain"]["std"], out)
+    return metrics
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "min": float(arr.min()), "max": float(arr.max())}
+
+
+def _seeds_report(runs: dict[int, dict], seeds: list[int], summary: dict, chance: float, quick: bool) -> str:
+    rows = "\n".join(
+        f"| [{s}](seed{s}/report.md) | {100 * runs[s]['accuracy_after_sft']:.1f} | {100 * runs[s]['accuracy']:.1f} | "
+        f"{100 * (runs[s]['accuracy'] - runs[s]['accuracy_after_sft']):+.1f} | {runs[s]['timings']['total_s']:.0f} |"
+        for s in seeds
+    )
+    def cell(name: str, sign: str = "") -> str:
+        v = summary[name]
+        return f"{100 * v['mean']:{sign}.1f} ± {100 * v['std']:.1f} ({100 * v['min']:{sign}.1f} to {100 * v['max']:{sign}.1f})"
+
+    categories = runs[seeds[0]]["categories"]
+    per_category = "\n".join(
+        f"| {c} | " + " | ".join(f"{100 * np.mean([runs[s][key][c]['accuracy'] for s in seeds]):.1f}" for key in ("per_category_after_sft", "per_category")) + " |"
+        for c in categories
+    )
+    return f"""# longvid demo{' (quick)' if quick else ''} over seeds {', '.join(map(str, seeds))}
+
+Each seed is a whole demo run (its own synthetic data, model initialisation and training) in
+`seed<S>/`. Held-out accuracy in %, chance {100 * chance:.1f}%; mean ± sample standard deviation
+(min to max) over the {len(seeds)} seeds.
+
+| | held-out accuracy (%) |
+| --- | ---: |
+| after SFT | {cell('after SFT')} |
+| after GRPO | {cell('after GRPO')} |
+| gain (GRPO − SFT, points) | {cell('gain', '+')} |
+
+| seed | after SFT | after GRPO | gain | wall time (s) |
+| ---: | ---: | ---: | ---: | ---: |
+{rows}
+
+Mean per category over the seeds:
+
+| category | after SFT | after GRPO |
+| --- | ---: | ---: |
+{per_category}
+
+![accuracy by seed](accuracy_by_seed.png)
 """
