@@ -262,7 +262,8 @@ reasoning questions, evaluated on {plan.test_samples} held-out questions. Task s
    {plan.filter_answers} times (temperature {FILTER_TEMPERATURE}); always right = easy, never = hard, else medium.
 3. CoT-SFT on easy + hard plus the {plan.train_samples - plan.filter_samples} rows the filter did not label ({sft_rows} rows,
    medium rows kept out): {plan.sft_steps} steps.
-4. GRPO on medium ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses.
+4. GRPO on medium ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses
+   (temperature 1, learning rate {GRPO_LR:g}; SFT's peak is {plan.lr:g}).
 {fallback}
 {difficulty_table}
 
