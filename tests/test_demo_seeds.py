@@ -36,3 +36,8 @@ def test_bad_seed_lists_are_rejected_naming_the_flag(seeds, tmp_path, capsys):
     assert main(["demo", "--seeds", seeds, "--out", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_seed_and_seeds_together_are_rejected(tmp_path, capsys):
+    assert main(["demo", "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path)]) == 2
+    assert "not allowed with argument --seed" in capsys.readouterr().err

@@ -233,9 +233,9 @@ def _scaling_text(plan: DemoPlan, scaling) -> str:
         "evidence (a quarter-long flash, the final quadrant, the first scene) survives at the training "
         f"frame count ({plan.train_frames}): more frames add no information the model lacked, while fewer "
         "frames can drop the evidence and every count other than the training one is a sampling the tiny "
-        "model never saw. Frame counts above the video's own "
-        f"{plan.video_frames} frames repeat frames. The paper's rise comes from questions whose evidence is "
-        "spread over many minutes of real video."
+        "model never saw. "
+        + (f"Frame counts above the video's own {plan.video_frames} frames repeat frames. " if max(plan.scaling_frames) > plan.video_frames else "")
+        + "The paper's rise comes from questions whose evidence is spread over many minutes of real video."
     )
 
 
