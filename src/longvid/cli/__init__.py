@@ -22,6 +22,7 @@ from .args import (
     _int_at_least,
     _parallel_flags,
     _run_folder_flags,
+    _seed_list,
     _synth_size,
 )
 from .evaluate import _niah_parser, cmd_data_filter, cmd_eval
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic data → CoT-SFT of the tiny model → evaluation → report")
     p.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="the ≤2-minute variant used in CI")
-    p.add_argument("--seed", type=int, default=0)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: one demo per seed in OUT/seed<S>/ and their comparison (mean and spread) in OUT/report.md")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -41,6 +41,17 @@ def _finite_at_least(low: float):
     return parse
 
 
+def _seed_list(text: str) -> list[int]:
+    """argparse type for `demo --seeds`: distinct comma-separated non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
 def _frame_counts(text: str) -> list[int]:
     """argparse type for --frames-scaling: comma-separated positive frame counts."""
     counts = []

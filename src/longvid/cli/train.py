@@ -13,8 +13,17 @@ log = logging.getLogger("longvid")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import run_demo, run_demo_seeds
 
+    if args.seeds:
+        summary = run_demo_seeds(args.out, args.seeds, quick=args.quick, progress=not args.no_progress)["summary"]
+        sft, grpo, gain = (summary[k] for k in ("after SFT", "after GRPO", "gain"))
+        print(
+            f"over seeds {','.join(map(str, args.seeds))}: after SFT {100 * sft['mean']:.1f} ± {100 * sft['std']:.1f}%, "
+            f"after GRPO {100 * grpo['mean']:.1f} ± {100 * grpo['std']:.1f}%, gain {100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points; "
+            f"report: {Path(args.out) / 'report.md'}"
+        )
+        return 0
     metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"accuracy {100 * metrics['accuracy']:.1f}% (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
     return 0

@@ -29,7 +29,12 @@ def _accuracy_axis(ax, chance: float | None) -> None:
 
 
 def curves_figure(
-    series: dict[str, list[tuple[float, float]]], *, title: str, ylabel: str, ylim: tuple[float, float] | None = None
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+    xlabel: str = "step (optimizer steps)",
 ) -> Figure:
     """Named (step, value) series, e.g. loss or reward against the optimizer step."""
     fig = Figure(figsize=(6, 3.5))
@@ -39,7 +44,7 @@ def curves_figure(
             xs, ys = zip(*points)
             ax.plot(xs, ys, label=name, marker="o" if len(points) < 20 else None)
     ax.set_title(title)
-    ax.set_xlabel("step (optimizer steps)")
+    ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     if ylim is not None:
@@ -57,8 +62,9 @@ def plot_curves(
     title: str,
     ylabel: str,
     ylim: tuple[float, float] | None = None,
+    xlabel: str = "step (optimizer steps)",
 ) -> Path:
-    return save_figure(curves_figure(series, title=title, ylabel=ylabel, ylim=ylim), path)
+    return save_figure(curves_figure(series, title=title, ylabel=ylabel, ylim=ylim, xlabel=xlabel), path)
 
 
 def frames_scaling_figure(points: dict[str, list[tuple[int, float]]], *, chance: float | None = None) -> Figure:

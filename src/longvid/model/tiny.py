@@ -111,9 +111,19 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def tiny_config(
-    tokenizer, *, family: str = "qwen2_5_vl", hidden_size: int = 128, num_layers: int = 4, vision_depth: int = 2
+    tokenizer,
+    *,
+    family: str = "qwen2_5_vl",
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    vision_depth: int = 2,
+    rope_theta: float = 10000.0,
 ):
-    """A config of a few million parameters of `family` (a `model_type`) whose token ids match `tokenizer`."""
+    """A config of a few million parameters of `family` (a `model_type`) whose token ids match `tokenizer`.
+
+    M-RoPE gives the height and width sections the lowest frequencies of the head: with a 32-wide
+    head and theta 10^4, one quadrant step turns the width pairs by at most 0.003 rad, so the model
+    cannot tell left from right. A small `rope_theta` makes 2x2-token frames' positions visible."""
     import transformers
 
     if family not in FAMILIES:
@@ -139,7 +149,7 @@ def tiny_config(
     )
     if family == "qwen3_vl":
         # Interleaved M-RoPE over the head dim; DeepStack from every vision block but the last.
-        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, "mrope_interleaved": True}
+        rope = {"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope, "mrope_interleaved": True}
         text.update(head_dim=hidden_size // num_heads, rope_parameters=rope)
         vision = dict(
             depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size,
@@ -148,14 +158,14 @@ def tiny_config(
         )
         config_class = transformers.Qwen3VLConfig
     elif family == "qwen2_vl":
-        text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope})
         vision = dict(
             depth=vision_depth, embed_dim=64, mlp_ratio=2, num_heads=2, hidden_size=hidden_size,
             patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
         )
         config_class = transformers.Qwen2VLConfig
     else:
-        text.update(rope_scaling={"type": "mrope", "mrope_section": mrope}, rope_theta=10000.0)
+        text.update(rope_scaling={"type": "mrope", "mrope_section": mrope}, rope_theta=rope_theta)
         vision = dict(
             depth=vision_depth, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size,
             patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
