@@ -13,10 +13,21 @@ log = logging.getLogger("longvid")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.compress:
+        return _demo_compress(args)
     from ..demo import run_demo
 
     metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"accuracy {100 * metrics['accuracy']:.1f}% (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _demo_compress(args: argparse.Namespace) -> int:
+    from ..demo_compress import run_compress_demo
+
+    metrics = run_compress_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    accuracy = ", ".join(f"ratio {r}: {100 * a:.1f}%" for r, a in metrics["accuracy"].items())
+    print(f"NIAH {accuracy} (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
     return 0
 
 
