@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import VideoConfig
 from .eval import niah
 from .eval.plots import plot_curves
-from .model.compress import CompressConfig, Compressor
+from .model.compress import CompressConfig, Compressor, SummaryTokens
 from .model.tiny import build_tiny_adapter
 from .sft.trainer import SFTConfig, SFTTrainer
 from .synth import needle_haystack, render_spec
@@ -27,6 +27,7 @@ from .training import OptimConfig
 
 log = logging.getLogger(__name__)
 
+CONTROL_RATIO = 16
 SIZE = 56  # 2x2 visual tokens per frame pair for the tiny Qwen2.5-VL: a frame pair is 4 tokens
 
 
@@ -38,7 +39,8 @@ class CompressDemoPlan:
     base_steps: int  # uncompressed SFT first (the pretrained VLM Video-XL starts from); 0: none
     steps: int  # then SFT with summary tokens, a ratio drawn per window
     grad_accum: int
-    lr: float
+    lr: float  # uncompressed SFT
+    compress_lr: float  # the summary-token phase fine-tunes a trained model: a high rate undoes it
     window: int  # visual tokens per compression window (4 per frame pair)
     ratios: tuple[int, ...]  # trained ratios, one drawn per window (1 = that window uncompressed)
     eval_frames: tuple[int, ...]
@@ -50,12 +52,12 @@ class CompressDemoPlan:
 
 FULL = CompressDemoPlan(
     train_samples=1200, train_frames=(16, 32, 64, 128), needle_lengths=(2, 2, 4, 8, 16, None), base_steps=200, steps=600,
-    grad_accum=4, lr=2e-3, window=32, ratios=(1, 2, 4, 8, 12, 16),
+    grad_accum=4, lr=2e-3, compress_lr=5e-4, window=32, ratios=(1, 2, 4, 8, 12, 16),
     eval_frames=(32, 64, 128, 256), depths=(0.0, 0.25, 0.5, 0.75, 1.0), trials=8,
 )
 QUICK = CompressDemoPlan(
     train_samples=400, train_frames=(16, 32, 64), needle_lengths=(2, 2, 4, 8, 16, None), base_steps=150, steps=300,
-    grad_accum=4, lr=2e-3, window=32, ratios=(1, 2, 4, 8, 12, 16),
+    grad_accum=4, lr=2e-3, compress_lr=5e-4, window=32, ratios=(1, 2, 4, 8, 12, 16),
     eval_frames=(32, 64), depths=(0.0, 0.5, 1.0), trials=8,
 )
 
@@ -76,12 +78,12 @@ def run_compress_demo(out: str | Path, *, quick: bool = False, seed: int = 0, pr
     t = time.perf_counter()
     adapter = build_tiny_adapter(seed=seed, **dict(plan.model))
 
-    def sft(name: str, steps: int, compress: CompressConfig | None, run_seed: int) -> SFTTrainer:
+    def sft(name: str, steps: int, lr: float, compress: CompressConfig | None, run_seed: int) -> SFTTrainer:
         config = SFTConfig(
             train=str(train_jsonl),
             out_dir=str(out / name),
             video=VideoConfig(num_frames=max(plan.train_frames), size=SIZE),
-            optim=OptimConfig(lr=plan.lr, warmup_steps=steps // 10),
+            optim=OptimConfig(lr=lr, warmup_steps=steps // 10),
             compress=compress,
             steps=steps,
             grad_accum=plan.grad_accum,
@@ -93,14 +95,18 @@ def run_compress_demo(out: str | Path, *, quick: bool = False, seed: int = 0, pr
         trainer.train()
         return trainer
 
-    history = sft("sft_base", plan.base_steps, None, seed).history if plan.base_steps else []
-    trainer = sft("sft", plan.steps, CompressConfig(ratios=plan.ratios, window=plan.window), seed + 1)
+    history = sft("sft_base", plan.base_steps, plan.lr, None, seed).history if plan.base_steps else []
+    make_item = needle_haystack(SIZE, seed)  # evaluation seeds never meet the training rows'
+    # Control: the uncompressed-trained model read through fresh (untrained) summary tokens.
+    fresh = SummaryTokens.from_adapter(adapter, ratios=(CONTROL_RATIO,), window=plan.window).attach(adapter)
+    control = niah.run_grid(adapter, Compressor(fresh, CONTROL_RATIO), make_item, plan.eval_frames, plan.depths, trials=plan.trials)
+    fresh.detach_hooks()
+    trainer = sft("sft", plan.steps, plan.compress_lr, CompressConfig(ratios=plan.ratios, window=plan.window), seed + 1)
     history += [{**h, "step": h["step"] + plan.base_steps} for h in trainer.history]
     summary = trainer.compression.summary
     timings["sft_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    make_item = needle_haystack(SIZE, seed)  # evaluation seeds never meet the training rows'
     grids = []
     for ratio in plan.eval_ratios:
         compressor = Compressor(summary if ratio != 1 else None, ratio)
@@ -122,20 +128,22 @@ def run_compress_demo(out: str | Path, *, quick: bool = False, seed: int = 0, pr
         "chance": grids[0].chance,
         "drop_points": {str(r): 100 * (base - a) for r, a in accuracy.items() if base is not None and r != 1},
         "windows": {str(n): -(-2 * n // plan.window) for n in plan.eval_frames},  # 4 tokens per frame pair
+        "control_untrained_summary": {"ratio": CONTROL_RATIO, "accuracy": control.mean},
         "grids": [g.summary() for g in grids],
         "final_train_loss": history[-1]["loss"],
         "plan": plan.__dict__,
         "timings": timings,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "report.md").write_text(_report(plan, grids, timings, quick, paths["png"].name))
+    (out / "report.md").write_text(_report(plan, grids, control, timings, quick, paths["png"].name))
     log.info("compression demo done in %.0f s: NIAH %s; report in %s", timings["total_s"],
              ", ".join(f"{r}x {100 * a:.1f}%" for r, a in accuracy.items()), out)
     return metrics
 
 
-def _report(plan: CompressDemoPlan, grids: list[niah.Grid], timings: dict[str, float], quick: bool, heatmap: str) -> str:
+def _report(plan: CompressDemoPlan, grids: list[niah.Grid], control: niah.Grid, timings: dict[str, float], quick: bool, heatmap: str) -> str:
     model = ", ".join(f"{k}={v}" for k, v in plan.model) or "default sizes"
+    trained_control = next((g.mean for g in grids if g.ratio == control.ratio), float("nan"))
     lengths = ", ".join("whole video" if n is None else f"{n}" for n in plan.needle_lengths)
     rows = "\n".join(
         f"| {g.ratio} | {100 * g.mean:.1f} | {100 * (grids[0].mean - g.mean):+.1f} |" for g in grids
@@ -152,6 +160,10 @@ needle-in-a-haystack: a {2}-frame coloured flash hidden among grey frames, "what
 | ---: | ---: | ---: |
 {rows}
 
+Control: the same model before the summary-token phase, read at {control.ratio}x through fresh
+(untrained) summary tokens, scores {100 * control.mean:.1f}% on the same grid; trained ones score
+{100 * trained_control:.1f}%.
+
 ![NIAH heatmaps]({heatmap})
 
 {niah.markdown_table(grids)}
@@ -161,7 +173,7 @@ needle-in-a-haystack: a {2}-frame coloured flash hidden among grey frames, "what
   lengths drawn from [{lengths}] frames (long needles teach colour → letter, short ones teach finding it),
   depth uniform, answer letter balanced; target `<think></think><answer>X</answer>`.
 - CoT-SFT: {plan.base_steps} steps uncompressed (the trained VLM Video-XL starts from), then
-  {plan.steps} steps of {plan.grad_accum} rows, lr {plan.lr}, summary tokens on windows of
+  {plan.steps} steps of {plan.grad_accum} rows at lr {plan.compress_lr} (uncompressed: {plan.lr}), summary tokens on windows of
   {plan.window} visual tokens, one ratio drawn per window (ratio 1 keeps that window uncompressed).
 - NIAH: {len(plan.depths)} depths x {len(plan.eval_frames)} haystack lengths ({windows}),
   {plan.trials} needles per cell at each ratio; at ratio r the question sees only the summaries
