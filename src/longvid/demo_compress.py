@@ -1,10 +1,12 @@
 """`longvid demo --compress`: Video-XL's visual summary tokens on the tiny model, judged by video
 needle-in-a-haystack.
 
-Needle rows (spec videos: grey haystack, a coloured flash, "what colour?") → CoT-SFT of the tiny
-model with summary tokens, a compression ratio drawn per window (Video-XL's recipe) → NIAH over
-haystack length x needle depth at ratios 1 (no compression), 4 and 16 → heatmaps, a markdown
-table, metrics.json and report.md.
+Needle rows (spec videos: grey haystack, a coloured flash, "what colour?", needle lengths from 2
+frames to the whole video: the curriculum a randomly initialised model needs) → uncompressed SFT of
+the tiny model (the trained VLM Video-XL starts from) → SFT with summary tokens, a compression
+ratio drawn per window (Video-XL's recipe) → NIAH over haystack length x needle depth at ratios 1
+(no compression), 4 and 16, plus a control (the uncompressed-trained model through fresh summary
+tokens) → heatmaps, a markdown table, metrics.json and report.md.
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ class CompressDemoPlan:
 
 
 FULL = CompressDemoPlan(
-    train_samples=1200, train_frames=(16, 32, 64, 128), needle_lengths=(2, 2, 4, 8, 16, None), base_steps=200, steps=600,
-    grad_accum=4, lr=2e-3, compress_lr=5e-4, window=32, ratios=(1, 2, 4, 8, 12, 16),
+    train_samples=1200, train_frames=(16, 32, 64), needle_lengths=(2, 2, 4, 8, 16, None), base_steps=200, steps=900,
+    grad_accum=4, lr=2e-3, compress_lr=1e-3, window=32, ratios=(1, 2, 4, 8, 12, 16),
     eval_frames=(32, 64, 128, 256), depths=(0.0, 0.25, 0.5, 0.75, 1.0), trials=8,
 )
 QUICK = CompressDemoPlan(
     train_samples=400, train_frames=(16, 32, 64), needle_lengths=(2, 2, 4, 8, 16, None), base_steps=150, steps=300,
-    grad_accum=4, lr=2e-3, compress_lr=5e-4, window=32, ratios=(1, 2, 4, 8, 12, 16),
+    grad_accum=4, lr=2e-3, compress_lr=1e-3, window=32, ratios=(1, 2, 4, 8, 12, 16),
     eval_frames=(32, 64), depths=(0.0, 0.5, 1.0), trials=8,
 )
 

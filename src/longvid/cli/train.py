@@ -15,6 +15,7 @@ log = logging.getLogger("longvid")
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.compress:
         return _demo_compress(args)
+    args.out = args.out or "runs/demo"
     from ..demo import run_demo
 
     metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
@@ -25,6 +26,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_compress(args: argparse.Namespace) -> int:
     from ..demo_compress import run_compress_demo
 
+    args.out = args.out or "runs/demo-compress"
     metrics = run_compress_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     accuracy = ", ".join(f"ratio {r}: {100 * a:.1f}%" for r, a in metrics["accuracy"].items())
     print(f"NIAH {accuracy} (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
