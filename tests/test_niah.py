@@ -132,3 +132,8 @@ def test_needle_training_rows_are_balanced_disjoint_and_fit():
     assert whole  # None draws the whole video
     with pytest.raises(ValueError, match="fits"):
         needle_training_rows(4, (16,), (32,))
+
+
+def test_cli_niah_names_a_bad_seed(tmp_path, capsys):
+    assert main(["niah", "--frames", "8", "--depths", "0", "--trials", "1", "--seed", "5000", "--out", str(tmp_path)]) == 2
+    assert "--seed" in capsys.readouterr().err

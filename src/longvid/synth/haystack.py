@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data.schema import Sample
+from ..errors import ConfigError
 from ..video.decode import Frames
 from .tasks import LETTERS, NOMINAL_FPS, make_sample
 
@@ -30,11 +31,11 @@ def needle_haystack(size: int = 56, seed: int = 0, length: int = 2):
     a model that ignores the video scores exactly chance in every cell. The flash lasts `length`
     frames (whole frame pairs, at least one)."""
     if not 0 <= seed < 1 << 12:
-        raise ValueError(f"needle haystack seed must be in 0..4095, got {seed}")
+        raise ConfigError(f"needle haystack seed (--seed) must be in 0..4095, got {seed}")
 
     def make(num_frames: int, depth: float, trial: int):
         if not 0 <= trial < 4096:
-            raise ValueError(f"needle trial must be in 0..4095, got {trial}")
+            raise ConfigError(f"needle trial must be in 0..4095 (--trials at most 4096), got {trial}")
         letter = LETTERS[trial % len(LETTERS)]
         sample, pixels = make_sample("needle", _eval_seed(seed, num_frames, depth, trial), num_frames, size,
                                      depth=depth, answer=letter, length=length)
