@@ -112,3 +112,28 @@ def test_cli_niah_refuses_compression_without_summary_tokens(tmp_path, capsys):
     assert main(["niah", "--frames", "8", "--depths", "0.5", "--trials", "1", "--ratios", "1,4",
                  "--untrained-summary", "8", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "niah.png").is_file()
+
+
+def test_needle_training_rows_are_balanced_disjoint_and_fit():
+    from longvid.synth import render_spec
+    from longvid.synth.haystack import needle_training_rows
+
+    rows = needle_training_rows(40, (16, 32), (2, 8, None, 64), seed=3)
+    assert [r.answer for r in rows[:8]] == list("ABCDABCD") and all(r.reasoning is None for r in rows)
+    assert needle_training_rows(40, (16, 32), (2, 8, None, 64), seed=3) == rows  # seeded
+    eval_videos = {needle_haystack(seed=s)(n, d, t)[0].video.split("&")[0] for s in (0, 1) for n in (16, 32) for d in (0.0,) for t in range(8)}
+    assert not eval_videos & {r.video.split("&")[0] for r in rows}  # no training seed is an evaluation seed
+    for row in rows[:12]:
+        frames = render_spec(row.video).pixels
+        colourful = np.ptp(frames.astype(int), axis=-1).max(axis=(1, 2)) > 40
+        length = int(row.video.split("length=")[1].split("&")[0])
+        assert length <= len(frames) and colourful.sum() == max(2, length // 2 * 2)  # the flash, whole frame pairs
+    whole = [r for r in rows if f"length={r.video.split('frames=')[1].split('&')[0]}" in r.video]
+    assert whole  # None draws the whole video
+    with pytest.raises(ValueError, match="fits"):
+        needle_training_rows(4, (16,), (32,))
+
+
+def test_cli_niah_names_a_bad_seed(tmp_path, capsys):
+    assert main(["niah", "--frames", "8", "--depths", "0", "--trials", "1", "--seed", "5000", "--out", str(tmp_path)]) == 2
+    assert "--seed" in capsys.readouterr().err

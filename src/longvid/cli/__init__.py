@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="synthetic data → CoT-SFT of the tiny model → evaluation → report")
-    p.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
+    p.add_argument("--out", help="report folder (default: runs/demo; with --compress runs/demo-compress)")
     p.add_argument("--quick", action="store_true", help="the ≤2-minute variant used in CI")
+    p.add_argument("--compress", action="store_true", help="visual summary tokens: train with random ratios, "
+                   "then needle-in-a-haystack at ratios 1/4/16 with heatmaps")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0)
     seeds.add_argument("--seeds", type=_seed_list, help="comma-separated seeds, e.g. 0,1,2: one demo per seed in OUT/seed<S>/ and their comparison (mean and spread) in OUT/report.md")

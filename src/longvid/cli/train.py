@@ -13,6 +13,9 @@ log = logging.getLogger("longvid")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.compress:
+        return _demo_compress(args)
+    args.out = args.out or "runs/demo"
     from ..demo import run_demo, run_demo_seeds
 
     if args.seeds:
@@ -26,6 +29,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(f"accuracy {100 * metrics['accuracy']:.1f}% (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _demo_compress(args: argparse.Namespace) -> int:
+    from ..demo_compress import run_compress_demo
+    from ..errors import ConfigError
+
+    if args.seeds:
+        raise ConfigError("demo --compress runs one seed: use --seed S (--seeds is the GRPO demo's comparison)")
+    args.out = args.out or "runs/demo-compress"
+    metrics = run_compress_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    accuracy = ", ".join(f"ratio {r}: {100 * a:.1f}%" for r, a in metrics["accuracy"].items())
+    print(f"NIAH {accuracy} (chance {100 * metrics['chance']:.1f}%), report: {Path(args.out) / 'report.md'}")
     return 0
 
 
