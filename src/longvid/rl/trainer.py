@@ -43,8 +43,8 @@ from ..data.schema import Sample
 from ..errors import ConfigError
 from ..inputs import Encoded, question_text
 from ..model import compress
-from ..model.compress import CompressConfig
 from ..model.adapter import VideoInputs, VisualEmbeds, VLMAdapter
+from ..model.compress import CompressConfig
 from ..model.sampling import SamplingConfig
 from ..parallel.mesh import Mesh
 from ..parallel.parallelize import parallelize
