@@ -126,6 +126,29 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int
     return optimizer, scheduler
 
 
+def _optimized(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def clip_grad_norm(parameter_sets: list[list[torch.nn.Parameter]], max_norm: float) -> float:
+    """`clip_grad_norm_` over several sets of parameters as one vector (FSDP-sharded DTensors in
+    one set, plain replicated tensors in another: `clip_grad_norm_` cannot mix them). Each set's
+    norm is made whole (a DTensor's partial norm reduced over its mesh), the total combines them,
+    and every set is scaled by the same coefficient. Returns the total norm before clipping."""
+    norms = []
+    for params in parameter_sets:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not norms:
+        return 0.0
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack([n.to(norms[0]) for n in norms]))
+    for params in parameter_sets:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
 class EpochSampler:
     """Visits samples in a seeded permutation per epoch; (epoch, cursor) is the resumable position."""
 
@@ -211,19 +234,20 @@ class Trainer:
 
     def _setup_compression(self, compress, start: str | None, total_steps: int) -> None:
         """Visual summary tokens trained with the model (`compress`, a `CompressConfig`; None: off),
-        starting from those saved beside the checkpoint `start` if it has them; the optimizer is
-        rebuilt over the model and the summary parameters. Their state rides in every checkpoint
-        and they are saved beside the checkpoint's and the final export's model."""
+        starting from those saved beside the checkpoint `start` if it has them. The summary
+        parameters are small and stay replicated on every rank, also under FSDP; they have their own
+        AdamW and schedule (same settings, stepped with the model's), so the model's optimizer
+        holds only the model's parameters, as `torch.distributed.checkpoint` needs for its sharded
+        state. Their values and optimizer state ride in every checkpoint's `state.pt`, and they are
+        saved beside the checkpoint's and the final export's model."""
         from .model.compress import PARAMS_FILE, TrainingCompression
 
         if compress is None:
             if start and (Path(start) / PARAMS_FILE).is_file():
                 log.warning("%s has summary tokens but this run is uncompressed (set compress.ratios to use them)", start)
             return
-        if self.sp.sharded:
-            raise ConfigError("compress: summary tokens are not FSDP-sharded yet; with several processes set parallel.fsdp=false")
-        self.compression = TrainingCompression(self.adapter, compress, self.config.seed, start=start)
-        self.optimizer, self.scheduler = build_optimizer(self.compression.trainable(self.adapter.model), self.config.optim, total_steps)
+        self.compression = TrainingCompression(self.adapter, compress, start=start)
+        self.summary_optimizer, self.summary_scheduler = build_optimizer(self.compression.summary, self.config.optim, total_steps)
 
     def _setup_loop(self, out_dir: str) -> None:
         self.step = 0
@@ -247,20 +271,35 @@ class Trainer:
     def optimizer_step(self, *, dp_mean: bool) -> float:
         """Reduce gradients over the mesh, clip, step; returns the gradient norm before clipping.
 
-        Gradients are summed over every rank (FSDP reduces them in backward; replicated parameters
-        are all-reduced here); `dp_mean` then averages over data-parallel ranks."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        Gradients are summed over every rank (FSDP reduces the sharded ones in backward; replicated
+        parameters — all of them without FSDP, the summary tokens' with it — are all-reduced here);
+        `dp_mean` then averages over data-parallel ranks. The clipping norm is that of all
+        parameters together, model and summary tokens."""
+        params = _optimized(self.optimizer)
+        replicated = _optimized(self.summary_optimizer) if self.compression else []
         if self.sp.sharded:
             if dp_mean and self.sp.mesh.dp_size > 1:
                 scale_sharded_grads(params, 1.0 / self.sp.mesh.dp_size)
+            self.sp.all_reduce_grads(replicated, dp_mean=dp_mean)
         else:
-            self.sp.all_reduce_grads(params, dp_mean=dp_mean)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            self.sp.all_reduce_grads(params + replicated, dp_mean=dp_mean)
+        grad_norm = clip_grad_norm([params, replicated], self.config.optim.max_grad_norm)
+        for optimizer, scheduler in self._optimizers():
+            optimizer.step()
+            scheduler.step()
+        self.zero_grad()
         return grad_norm
+
+    def _optimizers(self) -> list:
+        """(optimizer, scheduler) pairs: the model's, then the summary tokens' when compressing."""
+        pairs = [(self.optimizer, self.scheduler)]
+        if self.compression:
+            pairs.append((self.summary_optimizer, self.summary_scheduler))
+        return pairs
+
+    def zero_grad(self) -> None:
+        for optimizer, _ in self._optimizers():
+            optimizer.zero_grad(set_to_none=True)
 
     def _sharded_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -275,7 +314,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "history": self.history,
             **self.extra_state(),
-            **(self.compression.extra_state() if self.compression else {}),
+            **(self._compression_state() if self.compression else {}),
         }
         sharded = self._sharded_state() if self.sp.sharded else None
         if sharded is None and self.is_main:
@@ -312,12 +351,28 @@ class Trainer:
         self.history = [dict(h) for h in state["history"]]
         self.load_extra_state(state)
         if self.compression:
-            self.compression.load_extra_state(state)
+            self._load_compression_state(state, path)
         mine = load_rank_state(path)
         self.load_rank_state(mine)
         set_rng_state(mine["rng"])
         log.info("resumed from %s at step %d", path, self.step)
         return True
+
+    def _compression_state(self) -> dict:
+        """The summary tokens (replicated: the same on every rank, saved once), their optimizer and schedule."""
+        return {
+            **self.compression.extra_state(),
+            "summary_optimizer": self.summary_optimizer.state_dict(),
+            "summary_scheduler": self.summary_scheduler.state_dict(),
+        }
+
+    def _load_compression_state(self, state: dict, path: Path) -> None:
+        self.compression.load_extra_state(state)
+        if "summary_optimizer" not in state:
+            raise ConfigError(f"{path}/state.pt holds no optimizer state for the summary tokens (saved by an older "
+                              "longvid, which kept it in the model's optimizer): start a fresh run from its model/ folder")
+        self.summary_optimizer.load_state_dict(state["summary_optimizer"])
+        self.summary_scheduler.load_state_dict(state["summary_scheduler"])
 
     def export(self, folder: str | Path) -> Path | None:
         """A plain `save_pretrained` folder of the trained model (LoRA merged); every rank calls it."""

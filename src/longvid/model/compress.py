@@ -117,7 +117,10 @@ def _route_hook(summary_proj: nn.Linear):
                 "pass the mask of the tokens this forward runs on (batch, sequence)"
             )
         rows = rows.to(x.device)
-        return output.index_put((rows,), summary_proj(x[rows]).to(output.dtype))
+        # In the summary weights' dtype: under FSDP with a bf16 model they are float32 (replicated
+        # masters, like FSDP's sharded ones) while the layer computes in bf16.
+        summary = summary_proj(x[rows].to(summary_proj.weight.dtype))
+        return output.index_put((rows,), summary.to(output.dtype))
 
     return hook
 
@@ -243,10 +246,16 @@ def _copy_linear(linear: nn.Module) -> nn.Linear:
     base = getattr(linear, "base_layer", linear)  # a peft-wrapped projection: copy its base weights
     out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=base.weight.device, dtype=base.weight.dtype)
     with torch.no_grad():
-        out.weight.copy_(base.weight)
+        out.weight.copy_(_whole(base.weight))
         if base.bias is not None:
-            out.bias.copy_(base.bias)
+            out.bias.copy_(_whole(base.bias))
     return out
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of the whole parameter: an FSDP-sharded one (a DTensor) is gathered (a
+    collective: every rank copies the same layers). The summary copies stay replicated."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 # ------------------------------------------------------------------------------------------------
@@ -619,42 +628,39 @@ class TrainingCompression:
 
     STATE_KEY = "summary_tokens"
 
-    def __init__(self, adapter: VLMAdapter, config: CompressConfig, seed: int = 0, *, start: str | Path | None = None):
+    def __init__(self, adapter: VLMAdapter, config: CompressConfig, *, start: str | Path | None = None):
         config.validate()
         self.ratios = tuple(config.ratios)  # drawn from; the summary module records every ratio trained
         self.summary = starting_summary(adapter, config, start).attach(adapter)
-        self.rng = random.Random(seed)
 
-    def trainable(self, model: nn.Module) -> nn.Module:
-        """`model` and the summary parameters as one module (to build the optimizer over both)."""
-        return nn.ModuleList([model, self.summary])
-
-    def draw_ratios(self, num_visual: int, rng: random.Random | None = None) -> list[int]:
-        """One of this run's ratios per window (from `rng`, else the trainer's own stream)."""
-        return self.summary.draw_ratios(num_visual, rng or self.rng, self.ratios)
+    def draw_ratios(self, num_visual: int, rng: random.Random) -> list[int]:
+        """One of this run's ratios per window, from `rng` (the trainer's stream of this sample:
+        a function of seed, step and place in the global batch, so any mesh draws alike)."""
+        return self.summary.draw_ratios(num_visual, rng, self.ratios)
 
     def prefix_layout(self, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, rng: random.Random) -> Layout:
         """The compressed prompt `[S', D]` of a rollout: ratios drawn per window from `rng`."""
         ratios = self.draw_ratios(int(prompt.visual_mask.sum()), rng)
         return interleave(embeds, positions, prompt.visual_mask.to(embeds.device), self.summary.embedding, ratios, self.summary.window)
 
-    def hidden_states(self, sp: Any, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor):
+    def hidden_states(
+        self, sp: Any, prompt: Any, embeds: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor, rng: random.Random
+    ):
         """This rank's hidden states and shifted labels of `[prompt | response]` compressed (one
-        forward under the visual-summary mask; a ratio drawn per window)."""
+        forward under the visual-summary mask; a ratio drawn per window from `rng`)."""
         visual = torch.zeros(len(embeds), dtype=torch.bool, device=embeds.device)
         visual[: len(prompt)] = prompt.visual_mask.to(embeds.device)
-        ratios = self.draw_ratios(int(visual.sum()))
+        ratios = self.draw_ratios(int(visual.sum()), rng)
         layout = interleave(embeds, positions, visual, self.summary.embedding, ratios, self.summary.window, labels)
         return sp_hidden_states(sp, layout), sp.shard(layout.labels, pad_value=-100)
 
     def extra_state(self) -> dict:
-        return {self.STATE_KEY: {k: v.detach().cpu() for k, v in self.summary.state_dict().items()}, "compress_rng": self.rng.getstate()}
+        return {self.STATE_KEY: {k: v.detach().cpu() for k, v in self.summary.state_dict().items()}}
 
     def load_extra_state(self, state: dict) -> None:
         if self.STATE_KEY not in state:
             raise ConfigError("the checkpoint holds no summary-token state: it was saved without compression")
         self.summary.load_state_dict(state[self.STATE_KEY])
-        self.rng.setstate(state["compress_rng"])
 
     def save_beside(self, checkpoint: Path | None) -> None:
         """`summary_tokens.safetensors` next to the checkpoint's `model/` folder contents."""

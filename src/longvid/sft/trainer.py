@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -97,13 +98,14 @@ class SFTTrainer(Trainer):
         total_tokens = sum(len(t) for t in targets)
         loss_sum = 0.0
         seq_tokens = 0
-        for sample, target in list(zip(batch, targets))[mesh.dp_rank :: mesh.dp_size]:
+        for place, (sample, target) in list(enumerate(zip(batch, targets)))[mesh.dp_rank :: mesh.dp_size]:
             frames = self.load_frames(sample)
             visual = self.sp.encode(adapter.preprocess(frames.pixels, frames.timestamps), chunk_patches=cfg.video.encode_chunk)
             prompt = adapter.build_prompt(question_text(sample), visual)
             embeds, positions, labels = with_response(adapter, prompt, visual, target)
             if self.compression:
-                hidden, labels = self.compression.hidden_states(self.sp, prompt, embeds, positions, labels)
+                ratios_rng = random.Random(f"{cfg.seed}:{self.step}:{place}")  # the same on any mesh
+                hidden, labels = self.compression.hidden_states(self.sp, prompt, embeds, positions, labels, ratios_rng)
             else:
                 hidden = self.sp.hidden_states(embeds, positions, deepstack=visual.deepstack)
                 labels = self.sp.shard(labels, pad_value=-100)

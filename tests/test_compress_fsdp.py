@@ -1,0 +1,116 @@
+"""Visual summary tokens under FSDP2 (gloo, float64): the model sharded, the summary parameters
+replicated with their own optimizer. Compressed SFT on dp=2 equals one process (losses, model
+weights, summary parameters), with gradient clipping active over the sharded and replicated
+parameters together; compressed GRPO on dp=2 equals one process; a distributed checkpoint resumed
+by fresh processes equals the uninterrupted run."""
+
+import pytest
+import torch
+
+from dist_utils import run_ranks
+from helpers import exact_float64_norms, flash_set
+from longvid.config import ModelConfig, ParallelConfig, VideoConfig
+from longvid.model import load_adapter
+from longvid.model.compress import CompressConfig
+from longvid.rl.trainer import GRPOConfig, GRPOTrainer
+from longvid.sft.trainer import SFTConfig, SFTTrainer
+from longvid.training import OptimConfig
+
+COMPRESS = CompressConfig(ratios=(2, 4), window=8)  # 8 frames of 56 px: 16 visual tokens, two windows
+CLIP = 0.05  # far below the gradient norms of these runs: every step clips
+
+
+def _whole(p):
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def _weights(trainer) -> dict[str, list[float]]:
+    out = {n: _whole(p.detach()).flatten().tolist() for n, p in trainer.adapter.hf.named_parameters()}
+    out.update({"summary." + n: p.detach().flatten().tolist() for n, p in trainer.compression.summary.named_parameters()})
+    return out
+
+
+def _mesh(world):
+    from longvid.parallel.mesh import Mesh, init_mesh
+
+    return init_mesh() if world > 1 else Mesh.single("cpu")
+
+
+def _sft(rank, world, out_dir, grad_accum, steps=2, save_every=0, stop_after=None, resume=False, dtype="float64"):
+    samples, frames = flash_set(4, num_frames=8)
+    cfg = SFTConfig(
+        train=__file__, out_dir=out_dir, steps=steps, grad_accum=grad_accum, progress=False, log_every=0,
+        save_every=save_every, video=VideoConfig(num_frames=8), compress=COMPRESS,
+        optim=OptimConfig(lr=1e-2, warmup_steps=1, max_grad_norm=CLIP), parallel=ParallelConfig(fsdp=True),
+    )
+    with exact_float64_norms():
+        trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype=dtype)), cfg, samples, frames, mesh=_mesh(world))
+        if stop_after is not None:
+            trainer.config.steps = stop_after  # ends (and checkpoints) early, like a killed job
+        history = trainer.train(resume=resume)
+    if dtype != "float64":
+        return history, {n: str(p.dtype) for n, p in trainer.compression.summary.named_parameters()}, trainer.sp.sharded
+    return history, _weights(trainer), trainer.sp.sharded
+
+
+def _grpo(rank, world, out_dir, batch_size):
+    samples, frames = flash_set(4, num_frames=8)
+    cfg = GRPOConfig(
+        train=__file__, out_dir=out_dir, steps=2, batch_size=batch_size, group_size=3, max_new_tokens=6,
+        progress=False, log_every=0, video=VideoConfig(num_frames=8), rewards={"reward_fns:shorter_is_better": 1.0},
+        beta=0.04, compress=COMPRESS, optim=OptimConfig(lr=1e-2, warmup_steps=0, max_grad_norm=CLIP),
+        parallel=ParallelConfig(fsdp=True),
+    )
+    with exact_float64_norms():
+        trainer = GRPOTrainer(load_adapter(ModelConfig(seed=7, dtype="float64")), cfg, samples, frames, mesh=_mesh(world))
+        history = trainer.train()
+    return history, _weights(trainer), trainer.sp.sharded
+
+
+def _assert_same_weights(got, ref):
+    assert got.keys() == ref.keys()
+    for name, value in ref.items():
+        torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(value), atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_fsdp_dp2_compressed_sft_equals_one_process_with_clipping(tmp_path):
+    ref_history, ref_weights, sharded = _sft(0, 1, str(tmp_path / "one"), 4)
+    assert not sharded
+    assert all(h["grad_norm"] > 10 * CLIP for h in ref_history)  # clipping is active at every step
+    fresh = load_adapter(ModelConfig(seed=3, dtype="float64")).hf.state_dict()
+    assert any(torch.tensor(ref_weights[n]).view_as(fresh[n]).ne(fresh[n]).any() for n in fresh)
+    for history, weights, sharded in run_ranks(_sft, 2, str(tmp_path / "dp2"), 2, timeout=300):
+        assert sharded, "FSDP was not applied on a mesh of two"
+        assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], abs=1e-10, rel=1e-10)
+        assert [h["grad_norm"] for h in history] == pytest.approx([h["grad_norm"] for h in ref_history], rel=1e-9)
+        _assert_same_weights(weights, ref_weights)
+
+
+def test_fsdp_dp2_compressed_sft_resume_equals_uninterrupted(tmp_path):
+    full = run_ranks(_sft, 2, str(tmp_path / "full"), 2, 3, 1, timeout=300)
+    run_ranks(_sft, 2, str(tmp_path / "cut"), 2, 3, 1, 2, timeout=300)  # stops after step 2
+    assert (tmp_path / "cut" / "checkpoints" / "step-000002" / "dcp").is_dir()
+    resumed = run_ranks(_sft, 2, str(tmp_path / "cut"), 2, 3, 1, None, True, timeout=300)
+    for (a_history, a_weights, _), (b_history, b_weights, _) in zip(full, resumed):
+        assert [h["loss"] for h in b_history] == [h["loss"] for h in a_history]
+        _assert_same_weights(b_weights, a_weights)
+
+
+def test_fsdp_dp2_compressed_grpo_equals_one_process(tmp_path):
+    ref_history, ref_weights, _ = _grpo(0, 1, str(tmp_path / "one"), 2)
+    assert any(h["grad_norm"] > CLIP for h in ref_history)  # clipped
+    for history, weights, sharded in run_ranks(_grpo, 2, str(tmp_path / "dp2"), 1, timeout=300):
+        assert sharded
+        for step in range(2):
+            assert history[step]["groups_kept_all_ranks"] == ref_history[step]["groups_kept_all_ranks"]
+            assert history[step]["grad_norm"] == pytest.approx(ref_history[step]["grad_norm"], rel=1e-9)
+        _assert_same_weights(weights, ref_weights)
+
+
+def test_fsdp_bf16_compressed_sft_keeps_float32_summary_projections(tmp_path):
+    """A bf16 model under FSDP: its trainable masters are float32, and so are the summary q/k/v
+    copied from them; the hooks compute those rows in float32 while the layer runs in bf16."""
+    for history, dtypes, sharded in run_ranks(_sft, 2, str(tmp_path / "bf16"), 1, 1, 0, None, False, "bfloat16", timeout=300):
+        assert sharded and torch.isfinite(torch.tensor(history[0]["loss"]))
+        assert dtypes["embedding"] == "torch.bfloat16"
+        assert {d for n, d in dtypes.items() if n != "embedding"} == {"torch.float32"}
