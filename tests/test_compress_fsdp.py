@@ -1,8 +1,9 @@
 """Visual summary tokens under FSDP2 (gloo, float64): the model sharded, the summary parameters
-replicated with their own optimizer. Compressed SFT on dp=2 equals one process (losses, model
+replicated with their own optimizer. Compressed SFT on dp=2 and dp=2 x sp=2 equals one process (losses, model
 weights, summary parameters), with gradient clipping active over the sharded and replicated
 parameters together; compressed GRPO on dp=2 equals one process; a distributed checkpoint resumed
-by fresh processes equals the uninterrupted run."""
+by fresh processes equals the uninterrupted run; `clip_grad_norm` over parameter sets equals
+`clip_grad_norm_` over their union; a bf16 model keeps float32 summary projections."""
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from dist_utils import run_ranks
 from helpers import exact_float64_norms, flash_set
 from longvid.config import ModelConfig, ParallelConfig, VideoConfig
 from longvid.model import load_adapter
-from longvid.model.compress import CompressConfig
+from longvid.model.compress import CompressConfig, SummaryTokens
 from longvid.rl.trainer import GRPOConfig, GRPOTrainer
 from longvid.sft.trainer import SFTConfig, SFTTrainer
 from longvid.training import OptimConfig
@@ -30,21 +31,21 @@ def _weights(trainer) -> dict[str, list[float]]:
     return out
 
 
-def _mesh(world):
+def _mesh(world, sp=1):
     from longvid.parallel.mesh import Mesh, init_mesh
 
-    return init_mesh() if world > 1 else Mesh.single("cpu")
+    return init_mesh(sp=sp) if world > 1 else Mesh.single("cpu")
 
 
-def _sft(rank, world, out_dir, grad_accum, steps=2, save_every=0, stop_after=None, resume=False, dtype="float64"):
+def _sft(rank, world, out_dir, grad_accum, steps=2, save_every=0, stop_after=None, resume=False, dtype="float64", sp=1):
     samples, frames = flash_set(4, num_frames=8)
     cfg = SFTConfig(
         train=__file__, out_dir=out_dir, steps=steps, grad_accum=grad_accum, progress=False, log_every=0,
         save_every=save_every, video=VideoConfig(num_frames=8), compress=COMPRESS,
-        optim=OptimConfig(lr=1e-2, warmup_steps=1, max_grad_norm=CLIP), parallel=ParallelConfig(fsdp=True),
+        optim=OptimConfig(lr=1e-2, warmup_steps=1, max_grad_norm=CLIP), parallel=ParallelConfig(sp=sp, fsdp=True),
     )
     with exact_float64_norms():
-        trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype=dtype)), cfg, samples, frames, mesh=_mesh(world))
+        trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype=dtype)), cfg, samples, frames, mesh=_mesh(world, sp))
         if stop_after is not None:
             trainer.config.steps = stop_after  # ends (and checkpoints) early, like a killed job
         history = trainer.train(resume=resume)
@@ -73,13 +74,20 @@ def _assert_same_weights(got, ref):
         torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(value), atol=1e-9, rtol=1e-9, msg=name)
 
 
-def test_fsdp_dp2_compressed_sft_equals_one_process_with_clipping(tmp_path):
+@pytest.mark.parametrize("world,sp", [(2, 1), (4, 2)], ids=["dp2", "dp2xsp2"])
+def test_fsdp_compressed_sft_equals_one_process_with_clipping(tmp_path, world, sp):
+    """dp=2: each rank takes half of the step's samples; dp=2 x sp=2: SP ranks also share each
+    compressed sequence (the summary gradients are summed over SP and DP ranks)."""
     ref_history, ref_weights, sharded = _sft(0, 1, str(tmp_path / "one"), 4)
     assert not sharded
     assert all(h["grad_norm"] > 10 * CLIP for h in ref_history)  # clipping is active at every step
-    fresh = load_adapter(ModelConfig(seed=3, dtype="float64")).hf.state_dict()
+    initial = load_adapter(ModelConfig(seed=3, dtype="float64"))
+    fresh = initial.hf.state_dict()
     assert any(torch.tensor(ref_weights[n]).view_as(fresh[n]).ne(fresh[n]).any() for n in fresh)
-    for history, weights, sharded in run_ranks(_sft, 2, str(tmp_path / "dp2"), 2, timeout=300):
+    summary = SummaryTokens.from_adapter(initial, ratios=COMPRESS.ratios, window=COMPRESS.window)
+    assert torch.tensor(ref_weights["summary.embedding"]).ne(summary.embedding.detach()).any()  # they train
+    ranks = run_ranks(_sft, world, str(tmp_path / "par"), 2, 2, 0, None, False, "float64", sp, timeout=400)
+    for history, weights, sharded in ranks:
         assert sharded, "FSDP was not applied on a mesh of two"
         assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in ref_history], abs=1e-10, rel=1e-10)
         assert [h["grad_norm"] for h in history] == pytest.approx([h["grad_norm"] for h in ref_history], rel=1e-9)
@@ -114,3 +122,20 @@ def test_fsdp_bf16_compressed_sft_keeps_float32_summary_projections(tmp_path):
         assert sharded and torch.isfinite(torch.tensor(history[0]["loss"]))
         assert dtypes["embedding"] == "torch.bfloat16"
         assert {d for n, d in dtypes.items() if n != "embedding"} == {"torch.float32"}
+
+
+def test_clip_grad_norm_over_parameter_sets_equals_clip_grad_norm_over_their_union():
+    from longvid.training import clip_grad_norm
+
+    torch.manual_seed(0)
+    sets = [[torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(2)],
+            [torch.nn.Parameter(torch.randn(4, dtype=torch.float64))], []]
+    union = [torch.nn.Parameter(p.detach().clone()) for s in sets for p in s]
+    for p, q in zip([p for s in sets for p in s], union):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    want = torch.nn.utils.clip_grad_norm_(union, 0.5)
+    got = clip_grad_norm(sets, 0.5)
+    assert got == pytest.approx(float(want), rel=1e-14) and got > 1  # it clipped
+    for p, q in zip([p for s in sets for p in s], union):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-15, rtol=1e-14)
