@@ -11,6 +11,7 @@ import torch
 from dist_utils import run_ranks
 from helpers import exact_float64_norms, flash_set
 from longvid.config import ModelConfig, ParallelConfig, VideoConfig
+from longvid.errors import ConfigError
 from longvid.model import load_adapter
 from longvid.model.compress import CompressConfig, SummaryTokens
 from longvid.rl.trainer import GRPOConfig, GRPOTrainer
@@ -139,3 +140,15 @@ def test_clip_grad_norm_over_parameter_sets_equals_clip_grad_norm_over_their_uni
     assert got == pytest.approx(float(want), rel=1e-14) and got > 1  # it clipped
     for p, q in zip([p for s in sets for p in s], union):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-15, rtol=1e-14)
+
+
+def test_resuming_a_checkpoint_without_summary_optimizer_state_is_refused_by_name(tmp_path):
+    """A compressed run resumed from a checkpoint whose state.pt lacks the summary tokens' optimizer
+    (an uncompressed run's, or one saved before they had their own) fails naming the file."""
+    _sft(0, 1, str(tmp_path / "run"), 1, 1)
+    state_file = tmp_path / "run" / "checkpoints" / "step-000001" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["summary_optimizer"]
+    torch.save(state, state_file)
+    with pytest.raises(ConfigError, match="state.pt holds no optimizer state for the summary tokens"):
+        _sft(0, 1, str(tmp_path / "run"), 1, 2, 0, None, True)

@@ -332,6 +332,10 @@ class Trainer:
         if path is None:
             return False
         state = load_state(path)
+        if self.compression and "summary_optimizer" not in state:
+            raise ConfigError(f"{path}/state.pt holds no optimizer state for the summary tokens (saved without "
+                              "compression, or by an older longvid that kept it in the model's optimizer): "
+                              "start a fresh run from its model/ folder")
         if self.sp.sharded:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -351,7 +355,7 @@ class Trainer:
         self.history = [dict(h) for h in state["history"]]
         self.load_extra_state(state)
         if self.compression:
-            self._load_compression_state(state, path)
+            self._load_compression_state(state)
         mine = load_rank_state(path)
         self.load_rank_state(mine)
         set_rng_state(mine["rng"])
@@ -366,11 +370,8 @@ class Trainer:
             "summary_scheduler": self.summary_scheduler.state_dict(),
         }
 
-    def _load_compression_state(self, state: dict, path: Path) -> None:
+    def _load_compression_state(self, state: dict) -> None:
         self.compression.load_extra_state(state)
-        if "summary_optimizer" not in state:
-            raise ConfigError(f"{path}/state.pt holds no optimizer state for the summary tokens (saved by an older "
-                              "longvid, which kept it in the model's optimizer): start a fresh run from its model/ folder")
         self.summary_optimizer.load_state_dict(state["summary_optimizer"])
         self.summary_scheduler.load_state_dict(state["summary_scheduler"])
 
