@@ -235,7 +235,7 @@ class SummaryTokens(nn.Module):
             missing = sorted(set(expected) ^ set(got)) or sorted(k for k in expected if expected[k] != got[k])
             raise ConfigError(f"{path}: parameters do not fit this model (first mismatch: {missing[:3]})")
         module.load_state_dict(state)
-        return module.to(adapter.device, adapter.dtype)
+        return module.to(adapter.device)  # dtypes of `from_adapter` (float32 q/k/v beside FSDP's float32 masters)
 
 
 def _attentions(adapter: VLMAdapter) -> list[nn.Module]:
