@@ -1,7 +1,8 @@
 """Visual summary tokens under FSDP2 (gloo, float64): the model sharded, the summary parameters
 replicated with their own optimizer. Compressed SFT on dp=2 and dp=2 x sp=2 equals one process (losses, model
 weights, summary parameters), with gradient clipping active over the sharded and replicated
-parameters together; compressed GRPO on dp=2 equals one process; a distributed checkpoint resumed
+parameters together; compressed GRPO on dp=2 equals one process (full fine-tune with a sharded
+reference copy, and LoRA with reference=base); a distributed checkpoint resumed
 by fresh processes equals the uninterrupted run; `clip_grad_norm` over parameter sets equals
 `clip_grad_norm_` over their union; a bf16 model keeps float32 summary projections."""
 
@@ -16,7 +17,7 @@ from longvid.model import load_adapter
 from longvid.model.compress import CompressConfig, SummaryTokens
 from longvid.rl.trainer import GRPOConfig, GRPOTrainer
 from longvid.sft.trainer import SFTConfig, SFTTrainer
-from longvid.training import OptimConfig
+from longvid.training import LoRAConfig, OptimConfig
 
 COMPRESS = CompressConfig(ratios=(2, 4), window=8)  # 8 frames of 56 px: 16 visual tokens, two windows
 CLIP = 0.05  # far below the gradient norms of these runs: every step clips
@@ -55,13 +56,14 @@ def _sft(rank, world, out_dir, grad_accum, steps=2, save_every=0, stop_after=Non
     return history, _weights(trainer), trainer.sp.sharded
 
 
-def _grpo(rank, world, out_dir, batch_size):
+def _grpo(rank, world, out_dir, batch_size, lora=False):
     samples, frames = flash_set(4, num_frames=8)
     cfg = GRPOConfig(
         train=__file__, out_dir=out_dir, steps=2, batch_size=batch_size, group_size=3, max_new_tokens=6,
         progress=False, log_every=0, video=VideoConfig(num_frames=8), rewards={"reward_fns:shorter_is_better": 1.0},
         beta=0.04, compress=COMPRESS, optim=OptimConfig(lr=1e-2, warmup_steps=0, max_grad_norm=CLIP),
         parallel=ParallelConfig(fsdp=True),
+        **({"lora": LoRAConfig(rank=4, alpha=8.0), "reference": "base"} if lora else {}),
     )
     with exact_float64_norms():
         trainer = GRPOTrainer(load_adapter(ModelConfig(seed=7, dtype="float64")), cfg, samples, frames, mesh=_mesh(world))
@@ -105,10 +107,14 @@ def test_fsdp_dp2_compressed_sft_resume_equals_uninterrupted(tmp_path):
         _assert_same_weights(b_weights, a_weights)
 
 
-def test_fsdp_dp2_compressed_grpo_equals_one_process(tmp_path):
-    ref_history, ref_weights, _ = _grpo(0, 1, str(tmp_path / "one"), 2)
+@pytest.mark.parametrize("lora", [False, True], ids=["full-copy-reference", "lora-base-reference"])
+def test_fsdp_dp2_compressed_grpo_equals_one_process(tmp_path, lora):
+    """Full fine-tune with a frozen sharded copy as the KL reference, or LoRA with the adapter
+    disabled as the reference (the initial summary parameters swapped in for its passes)."""
+    ref_history, ref_weights, _ = _grpo(0, 1, str(tmp_path / "one"), 2, lora)
     assert any(h["grad_norm"] > CLIP for h in ref_history)  # clipped
-    for history, weights, sharded in run_ranks(_grpo, 2, str(tmp_path / "dp2"), 1, timeout=300):
+    assert ref_history[-1]["kl"] > 0
+    for history, weights, sharded in run_ranks(_grpo, 2, str(tmp_path / "dp2"), 1, lora, timeout=300):
         assert sharded
         for step in range(2):
             assert history[step]["groups_kept_all_ranks"] == ref_history[step]["groups_kept_all_ranks"]
