@@ -200,7 +200,8 @@ def all_reduce_grads(parameters, mesh: Mesh) -> None:
 
 
 def reduce_replicated_grads(parameters, mesh: Mesh, *, dp_mean: bool = False) -> None:
-    """Gradient reduction when parameters are replicated (FSDP off): sum over the SP group (its
+    """Gradient reduction of replicated parameters (all of them with FSDP off; under FSDP those kept
+    outside it, e.g. visual summary tokens — the same sums as FSDP's): sum over the SP group (its
     ranks hold parts of one sequence), then sum over data-parallel ranks (losses normalised by a
     global count) or average (`dp_mean`, DDP's convention, for losses normalised per rank)."""
     if mesh.world_size == 1:
