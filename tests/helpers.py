@@ -58,3 +58,35 @@ def exact_float64_norms():
         yield
     finally:
         qwen.Qwen2_5_VLRMSNorm.forward = original
+
+
+def crash_after(load_frames, calls: int):
+    """`load_frames` that raises KeyboardInterrupt (a killed job) on every call after the first `calls`."""
+    made = [0]
+
+    def crashing(sample):
+        made[0] += 1
+        if made[0] > calls:
+            raise KeyboardInterrupt
+        return load_frames(sample)
+
+    return crashing
+
+
+def separate_compressed_logprobs(adapter, layout, responses: list[torch.Tensor]) -> torch.Tensor:
+    """The reference for packed passes over a compressed prefix: one masked forward over
+    `[compressed prefix | r_g]` per response; log-probs `[G, longest]`, zero-padded."""
+    from longvid.model import compress
+
+    rows = []
+    for r in responses:
+        embeds = torch.cat([layout.embeds, adapter.embed_tokens(r)])
+        positions = torch.cat([layout.positions, adapter.continuation_positions(layout.positions, len(r))], dim=-1)
+        padded = layout.padded(len(embeds))
+        full = compress.Layout(embeds, positions, padded.kind, padded.window_id, padded.source, layout.windows)
+        hidden = compress.masked_hidden_states(adapter, full)
+        rows.append(torch.log_softmax(adapter.logits(hidden[len(layout) - 1 : -1]), -1).gather(-1, r[:, None])[:, 0])
+    out = torch.zeros(len(responses), max(len(r) for r in responses), dtype=rows[0].dtype)
+    for g, row in enumerate(rows):
+        out[g, : len(row)] = row
+    return out

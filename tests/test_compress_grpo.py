@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dist_utils import run_ranks
-from helpers import exact_float64_norms
+from helpers import exact_float64_norms, separate_compressed_logprobs
 from longvid.config import ModelConfig
 from longvid.model import compress, load_adapter
 from longvid.model.sampling import SamplingConfig
@@ -40,23 +40,6 @@ def _grads(*modules):
     return {f"{i}.{n}": p.grad.clone() for i, m in enumerate(modules) for n, p in m.named_parameters() if p.grad is not None}
 
 
-def _separate(adapter, layout, responses):
-    """The reference: G one-pass masked forwards over `[compressed prefix | r_g]`."""
-    rows = []
-    for r in responses:
-        embeds = torch.cat([layout.embeds, adapter.embed_tokens(r)])
-        positions = torch.cat([layout.positions, adapter.continuation_positions(layout.positions, len(r))], dim=-1)
-        padded = layout.padded(len(embeds))
-        full = compress.Layout(embeds, positions, padded.kind, padded.window_id, padded.source, layout.windows)
-        hidden = compress.masked_hidden_states(adapter, full)
-        logp = torch.log_softmax(adapter.logits(hidden[len(layout) - 1 : -1]), -1)
-        rows.append(logp.gather(-1, r[:, None])[:, 0])
-    out = torch.zeros(len(responses), max(len(r) for r in responses), dtype=rows[0].dtype)
-    for g, row in enumerate(rows):
-        out[g, : len(row)] = row
-    return out
-
-
 def _run(adapter, summary, video, responses, packed: bool):
     adapter.hf.zero_grad(set_to_none=True)
     summary.zero_grad(set_to_none=True)
@@ -64,7 +47,7 @@ def _run(adapter, summary, video, responses, packed: bool):
     if packed:
         logp = compress.packed_logprobs(adapter, layout, pack(adapter, layout.embeds, layout.positions, responses))
     else:
-        logp = _separate(adapter, layout, responses)
+        logp = separate_compressed_logprobs(adapter, layout, responses)
     weights = torch.linspace(-1, 1, logp.numel(), dtype=logp.dtype).view_as(logp)
     (logp * weights).sum().backward()
     return logp.detach(), _grads(adapter.hf, summary)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dist_utils import run_ranks
-from helpers import exact_float64_norms, flash_set
+from helpers import crash_after, exact_float64_norms, flash_set, separate_compressed_logprobs
 from longvid.config import ModelConfig, ParallelConfig, VideoConfig
 from longvid.errors import ConfigError
 from longvid.model import compress, load_adapter
@@ -55,22 +55,6 @@ def test_ratio_one_everywhere_equals_the_uncompressed_trainer_exactly(tmp_path):
     assert all(torch.equal(w_plain[n], w_ratio1[n]) for n in w_plain)
 
 
-def _separate_logprobs(adapter, layout, responses):
-    """The hand-built reference: one masked forward over `[compressed prefix | r_g]` per response."""
-    rows = []
-    for r in responses:
-        embeds = torch.cat([layout.embeds, adapter.embed_tokens(r)])
-        positions = torch.cat([layout.positions, adapter.continuation_positions(layout.positions, len(r))], dim=-1)
-        padded = layout.padded(len(embeds))
-        full = compress.Layout(embeds, positions, padded.kind, padded.window_id, padded.source, layout.windows)
-        hidden = compress.masked_hidden_states(adapter, full)
-        rows.append(torch.log_softmax(adapter.logits(hidden[len(layout) - 1 : -1]), -1).gather(-1, r[:, None])[:, 0])
-    out = torch.zeros(len(responses), max(len(r) for r in responses), dtype=rows[0].dtype)
-    for g, row in enumerate(rows):
-        out[g, : len(row)] = row
-    return out
-
-
 def _hand_layout(adapter, summary, trainer, place, encoded):
     """The prompt compressed by hand with the ratios the trainer's stream draws for this place."""
     prompt = encoded.prompt
@@ -110,10 +94,10 @@ def test_one_compressed_step_equals_separate_compressed_forwards_with_the_grpo_l
             layout, ratios = _hand_layout(policy, summary, trainer, place, group.encoded)
             drawn.append(ratios)
             assert torch.equal(layout.kind, group.layout.kind) and layout.compressed
-            logp = _separate_logprobs(policy, layout, group.responses)
+            logp = separate_compressed_logprobs(policy, layout, group.responses)
             with torch.no_grad():
                 ref_layout, _ = _hand_layout(reference, ref_summary, trainer, place, group.encoded)
-                ref_logp = _separate_logprobs(reference, ref_layout, group.responses)
+                ref_logp = separate_compressed_logprobs(reference, ref_layout, group.responses)
             mask = torch.zeros_like(logp, dtype=torch.bool)
             for g, r in enumerate(group.responses):
                 mask[g, : len(r)] = True
@@ -175,14 +159,7 @@ def test_save_resume_with_compression_equals_the_uninterrupted_run(tmp_path):
     full = full_trainer.train()
 
     cfg_b = _config(tmp_path / "b", steps=3, save_every=2, beta=0.04)
-    calls = {"n": 0}
-
-    def crashing(sample):
-        calls["n"] += 1
-        if calls["n"] > 4:  # two steps of two prompts, then die
-            raise KeyboardInterrupt
-        return frames(sample)
-
+    crashing = crash_after(frames, 4)  # two steps of two prompts, then die
     with pytest.raises(KeyboardInterrupt):
         GRPOTrainer(load_adapter(ModelConfig(seed=5)), cfg_b, samples, crashing).train()
     ckpt = tmp_path / "b" / "run" / "checkpoints" / "step-000002" / "model"

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import flash_set
+from helpers import crash_after, flash_set
 from longvid.config import ModelConfig, load_config
 from longvid.errors import ConfigError
 from longvid.model import load_adapter
@@ -51,14 +51,7 @@ def test_compressed_sft_trains_checkpoints_and_resumes_exactly(tmp_path):
     exported = tmp_path / "a" / "run" / "final"  # the final export carries them too
     assert torch.equal(SummaryTokens.load(exported, load_adapter(ModelConfig(path=str(exported)))).embedding, loaded.embedding)
 
-    calls = {"n": 0}
-
-    def crashing(sample):
-        calls["n"] += 1
-        if calls["n"] > 3 * 2:
-            raise KeyboardInterrupt
-        return frames(sample)
-
+    crashing = crash_after(frames, 3 * 2)
     cfg = _config(tmp_path / "b", steps=6, save_every=3)
     with pytest.raises(KeyboardInterrupt):
         SFTTrainer(load_adapter(ModelConfig(seed=5)), cfg, samples, crashing).train()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import flash_set
+from helpers import crash_after, flash_set
 from longvid.config import ModelConfig, VideoConfig
 from longvid.errors import ConfigError
 from longvid.model import load_adapter
@@ -79,14 +79,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     full = GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_a, samples, frames).train()
 
     cfg_b = _config(tmp_path / "b", steps=4, save_every=2, beta=0.04, rewards={"reward_fns:shorter_is_better": 1.0})
-    calls = {"n": 0}
-
-    def crashing(sample):
-        calls["n"] += 1
-        if calls["n"] > 4:  # two steps of two prompts, then die
-            raise KeyboardInterrupt
-        return frames(sample)
-
+    crashing = crash_after(frames, 4)  # two steps of two prompts, then die
     with pytest.raises(KeyboardInterrupt):
         GRPOTrainer(load_adapter(ModelConfig(seed=2)), cfg_b, samples, crashing).train()
     # The same starting model, as a restarted job builds it: the frozen reference is a copy of it (the

@@ -247,6 +247,11 @@ class Trainer:
                 log.warning("%s has summary tokens but this run is uncompressed (set compress.ratios to use them)", start)
             return
         self.compression = TrainingCompression(self.adapter, compress, start=start)
+        # Summary parameters train as float32 masters whatever the compute dtype (the routing hook
+        # and the interleave cast them to the layer's): a bf16 master rounds small updates away.
+        for p in self.compression.summary.parameters():
+            if p.dtype in (torch.bfloat16, torch.float16):
+                p.data = p.data.float()
         self.summary_optimizer, self.summary_scheduler = build_optimizer(self.compression.summary, self.config.optim, total_steps)
 
     def _setup_loop(self, out_dir: str) -> None:
