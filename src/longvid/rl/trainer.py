@@ -11,7 +11,7 @@ One step, in phases (`train_step`):
 Rollout and training read the same `VisualEmbeds` and `Prompt`, so the drift between rollout and
 training log-probs is ~0 by construction; it is logged every step to prove it.
 
-With `compress` (visual summary tokens, `model/compress.py`) each prompt is compressed once per
+With `compress` (visual summary tokens, `model/compress/`) each prompt is compressed once per
 step: a ratio drawn per window from `compress.ratios` (a function of seed, step and place in the
 global batch, like the rollout's random stream), the rollout prefills that layout window by
 window with the raw visual K/V evicted and decodes the G responses from it, and the policy and
