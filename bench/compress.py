@@ -40,28 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from longvid.config import ModelConfig  # noqa: E402
 from longvid.model import load_adapter  # noqa: E402
 from longvid.model import compress  # noqa: E402
+from cpu_memory import peak_bytes  # noqa: E402  (bench/ is the script's folder)
 
 TOKENS_PER_FRAME = 2
-
-
-def peak_bytes(fn) -> int:
-    """Peak of (allocated - freed) by PyTorch's CPU allocator while `fn` runs."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return peak
 
 
 def prompt_inputs(adapter, num_frames: int):

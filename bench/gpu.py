@@ -223,6 +223,14 @@ def flex_vs_dense(device: torch.device, seq_len: int = 4096, heads: int = 8, kv_
     return out
 
 
+def _timed_steps(trainer, steps: int, device: torch.device) -> dict:
+    """The last of `steps` training steps' record, with its wall time and peak GPU memory."""
+    for _ in range(steps):
+        record = {}
+        record["seconds"], record["peak_bytes"] = _peak(lambda: record.update(trainer.train_step()), device)
+    return record
+
+
 def sft_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: int) -> dict:
     from helpers import flash_set
     from longvid.config import ParallelConfig, VideoConfig
@@ -235,12 +243,7 @@ def sft_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: int
         video=VideoConfig(num_frames=num_frames, size=size), optim=OptimConfig(lr=1e-6, warmup_steps=0),
         parallel=ParallelConfig(sp=1, activation_checkpointing=True), freeze_vision=True,
     )
-    trainer = SFTTrainer(adapter, cfg, samples, frames, mesh=mesh)
-    records = []
-    for _ in range(steps):
-        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()), mesh.device)
-        records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
-    last = records[-1]
+    last = _timed_steps(SFTTrainer(adapter, cfg, samples, frames, mesh=mesh), steps, mesh.device)
     return {"step_s": last["seconds"], "tokens_per_s": last["tokens_per_s"], "peak_gib": _gib(last["peak_bytes"]),
             "loss": last["loss"]}
 
@@ -257,12 +260,7 @@ def grpo_step(adapter, mesh, num_frames: int, size: int, out_dir: str, steps: in
         progress=False, log_every=0, video=VideoConfig(num_frames=num_frames, size=size),
         parallel=ParallelConfig(sp=1, activation_checkpointing=True),
     )
-    trainer = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh)
-    records = []
-    for _ in range(steps):
-        seconds, peak_bytes = _peak(lambda: records.append(trainer.train_step()), mesh.device)
-        records[-1]["seconds"], records[-1]["peak_bytes"] = seconds, peak_bytes
-    last = records[-1]
+    last = _timed_steps(GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh), steps, mesh.device)
     return {"step_s": last["seconds"], "peak_gib": _gib(last["peak_bytes"]),
             **{k: v for k, v in last.items() if k.startswith("time/")}}
 

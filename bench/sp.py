@@ -33,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from cpu_memory import peak_bytes  # bench/ is the script's folder
 from longvid import masks
 from longvid.parallel import (
     Mesh,
@@ -71,26 +72,6 @@ def build_model():
         vision_config=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=32, out_hidden_size=MODEL["hidden"]),
     )
     return Qwen2_5_VLForConditionalGeneration(config)
-
-
-def peak_bytes(fn) -> int:
-    """Peak of (allocated - freed) by PyTorch's CPU allocator while `fn` runs."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        stack.extend(node.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return peak
 
 
 def _inputs(length):

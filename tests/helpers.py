@@ -90,3 +90,14 @@ def separate_compressed_logprobs(adapter, layout, responses: list[torch.Tensor])
     for g, row in enumerate(rows):
         out[g, : len(row)] = row
     return out
+
+
+def assert_matches_hf_generate(ours, ref, prompt_len: int) -> None:
+    """Our greedy sample (`Samples`, row 0) equals Hugging Face `generate`'s (`output_logits=True`):
+    the same tokens, and not only the argmax — each generated token's log-prob, positions included."""
+    n = int(ours.lengths[0])
+    assert n >= 1
+    assert ours.tokens[0, :n].tolist() == ref.sequences[0, prompt_len : prompt_len + n].tolist()
+    hf_logp = torch.stack([torch.log_softmax(step[0].float(), -1) for step in ref.logits[:n]])
+    expected = hf_logp.gather(-1, ours.tokens[0, :n, None]).squeeze(-1)
+    torch.testing.assert_close(ours.logprobs[0, :n], expected, atol=1e-5, rtol=0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dist_utils import run_ranks
+from helpers import assert_matches_hf_generate
 from longvid.config import ModelConfig
 from longvid.errors import ConfigError
 from longvid.model import family_adapter, load_adapter
@@ -206,12 +207,7 @@ def test_greedy_sampling_equals_hf_generate(adapter, family):
         output_logits=True,
         return_dict_in_generate=True,
     )
-    n = int(ours.lengths[0])
-    assert n >= 1
-    assert ours.tokens[0, :n].tolist() == ref.sequences[0, len(prompt) : len(prompt) + n].tolist()
-    hf_logp = torch.stack([torch.log_softmax(step[0].float(), -1) for step in ref.logits[:n]])
-    expected = hf_logp.gather(-1, ours.tokens[0, :n, None]).squeeze(-1)
-    torch.testing.assert_close(ours.logprobs[0, :n], expected, atol=1e-5, rtol=0)
+    assert_matches_hf_generate(ours, ref, len(prompt))
 
 
 def _grads(adapter):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import assert_matches_hf_generate
 from longvid.model.qwen2_5_vl import Qwen25VLAdapter
 from longvid.model.sampling import SamplingConfig, filter_logits, sample
 from longvid.model.tiny import build_tiny_model
@@ -39,13 +40,7 @@ def test_greedy_equals_hf_generate(setup):
         output_logits=True,
         return_dict_in_generate=True,
     )
-    n = int(ours.lengths[0])
-    assert n >= 1
-    assert ours.tokens[0, :n].tolist() == ref.sequences[0, len(prompt) : len(prompt) + n].tolist()
-    # Not only the argmax: the log-prob of every generated token matches (positions included).
-    hf_logp = torch.stack([torch.log_softmax(step[0].float(), -1) for step in ref.logits[:n]])
-    expected = hf_logp.gather(-1, ours.tokens[0, :n, None]).squeeze(-1)
-    torch.testing.assert_close(ours.logprobs[0, :n], expected, atol=1e-5, rtol=0)
+    assert_matches_hf_generate(ours, ref, len(prompt))
 
 
 def test_group_samples_are_reproducible_and_match_unshared_prefill(setup):
