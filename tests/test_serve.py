@@ -171,9 +171,8 @@ def test_openai_client_over_a_real_socket(engine, root):
         assert e.value.body["param"] == "n"
 
 
-def test_busy_server_answers_429_and_stays_responsive(engine, root, monkeypatch):
-    """With one generation slot and no queue a second request is refused at once (429 with
-    Retry-After) while the first generates in a worker thread; the loop still lists models."""
+def _hold_generation(engine, monkeypatch):
+    """Make each generation signal `started` and wait for `release` (to fill the server's slots)."""
     started, release = threading.Event(), threading.Event()
     original = engine.answer_video
 
@@ -183,6 +182,13 @@ def test_busy_server_answers_429_and_stays_responsive(engine, root, monkeypatch)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(engine, "answer_video", slow)
+    return started, release
+
+
+def test_busy_server_answers_429_and_stays_responsive(engine, root, monkeypatch):
+    """With one generation slot and no queue a second request is refused at once (429 with
+    Retry-After) while the first generates in a worker thread; the loop still lists models."""
+    started, release = _hold_generation(engine, monkeypatch)
     with running_server(create_app(engine, MODEL, root, LIMITS)) as url:
         results = {}
         first = threading.Thread(target=lambda: results.update(first=httpx.post(f"{url}/v1/chat/completions", json=chat(), timeout=60)))
@@ -201,15 +207,7 @@ def test_busy_server_answers_429_and_stays_responsive(engine, root, monkeypatch)
 
 def test_requests_queue_up_to_the_bound(engine, root, monkeypatch):
     """One slot and a queue of one: the second request waits and is answered, the third gets 429."""
-    started, release = threading.Event(), threading.Event()
-    original = engine.answer_video
-
-    def slow(*args, **kwargs):
-        started.set()
-        assert release.wait(30)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "answer_video", slow)
+    started, release = _hold_generation(engine, monkeypatch)
     limits = ServeLimits(num_frames=8, size=56, default_max_tokens=4, max_concurrency=1, max_queue=1)
     app = create_app(engine, MODEL, root, limits)
     with running_server(app) as url:

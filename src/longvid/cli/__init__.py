@@ -36,6 +36,17 @@ log = logging.getLogger("longvid")
 __all__ = ["BENCHMARK_NAMES", "MAX_FRAMES", "PARALLEL_FLAGS", "_overrides", "build_parser", "main"]
 
 
+def _recipe_flags(p: argparse.ArgumentParser, set_example: str) -> None:
+    """What every training command takes: the recipe, its common overrides, the run folder, parallelism."""
+    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("--train", help="training jsonl (overrides the config)")
+    p.add_argument("--out-dir", dest="out_dir", help="run folder (overrides the config)")
+    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (overrides the config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override any config key, e.g. {set_example}")
+    _run_folder_flags(p)
+    _parallel_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longvid", description="Teach vision-language models to reason about long videos.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
@@ -53,13 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sft", help="chain-of-thought supervised fine-tuning")
-    p.add_argument("--config", help="YAML recipe (see configs/)")
-    p.add_argument("--train", help="training jsonl (overrides the config)")
-    p.add_argument("--out-dir", dest="out_dir", help="run folder (overrides the config)")
-    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (overrides the config)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. optim.lr=1e-4")
-    _run_folder_flags(p)
-    _parallel_flags(p)
+    _recipe_flags(p, "optim.lr=1e-4")
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("eval", help="multiple-choice evaluation (accuracy overall and per category)")
@@ -79,14 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("grpo", help="GRPO from an SFT checkpoint (encode once, shared-prefix rollout and training)")
-    p.add_argument("--config", help="YAML recipe (see configs/)")
-    p.add_argument("--train", help="training jsonl (overrides the config)")
     p.add_argument("--model", help="checkpoint folder to start from (overrides model.path)")
-    p.add_argument("--out-dir", dest="out_dir", help="run folder (overrides the config)")
-    p.add_argument("--steps", type=POSITIVE, help="optimizer steps (overrides the config)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. beta=0.04")
-    _run_folder_flags(p)
-    _parallel_flags(p)
+    _recipe_flags(p, "beta=0.04")
     p.set_defaults(func=cmd_grpo)
 
     _serve_parser(sub)
