@@ -220,3 +220,20 @@ def test_write_dataset_with_specs(tmp_path):
         write_dataset(tmp_path / "b", 10, num_frames=16, seed=1, as_files=False, progress=False)
     )
     assert not {r["id"] for r in rows} & {r["id"] for r in other}
+
+
+def test_spatial_block_sits_in_the_outer_corner_of_the_answer_quadrant():
+    """At block=0.5 the block covers the frame-corner patch of its quadrant, so a token's content
+    (which of its 2x2 patches is coloured) differs per quadrant; block=1 fills the quadrant."""
+    for seed in range(8):
+        sample, frames = make_sample("spatial", seed, 16, hops=1, distractors=0, block=0.5)
+        code = NAMES.index(asked_colour(sample.question))
+        coloured = colour_codes(frames[-1]) == code
+        corner = QUADRANTS.index(sample.answer_text)
+        row, col = divmod(corner, 2)
+        patch = coloured[row * 42 : row * 42 + 14, col * 42 : col * 42 + 14]  # the frame-corner 14x14 patch
+        assert patch.all() and coloured.sum() == 14 * 14
+        full, full_frames = make_sample("spatial", seed, 16, hops=1, distractors=0)
+        assert full.answer == sample.answer and answer_from_pixels(full, full_frames) == full.answer_text
+    with pytest.raises(ValueError, match="block must be in"):
+        make_sample("spatial", 0, 16, block=0.1)

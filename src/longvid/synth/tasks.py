@@ -164,11 +164,20 @@ def spatial(
     answer: str | None = None,
     hops: int = 3,
     distractors: int = 1,
+    block: float = 1.0,
 ) -> Generated:
-    """A coloured quadrant block hops between quadrants (other colours hop too); where does it end?"""
+    """A coloured block hops between quadrants (other colours hop too); where does it end?
+
+    `block` is the block's side as a share of the quadrant's, drawn in the frame's outer corner: at 1
+    the block fills its quadrant, and a token's content is the same in every quadrant, so only the
+    position encoding tells them apart; at 0.5 it covers one vision patch of its quadrant's token,
+    the outer one, so the content itself says where it is (as goal's moving block does).
+    """
     final = _pick_answer(rng, answer)
     if not 0 <= hops <= 64 or not 0 <= distractors <= 3:
         raise ValueError(f"hops must be in 0..64 and distractors in 0..3, got {hops} and {distractors}")
+    if not 0.25 <= block <= 1.0:
+        raise ValueError(f"block must be in [0.25, 1], got {block}")
     colours = rng.permutation(4)[: 1 + distractors]
     bounds = _segments(rng, _num_pairs(num_frames), hops + 1)
     path = [final]
@@ -188,7 +197,12 @@ def spatial(
         )
     else:
         evidence = f"The {name} block stays in the {QUADRANTS[final]} quadrant throughout the video."
-    frames = _frames(rng, _quadrant_images(quads.reshape(-1, 2, 2, 3), size), num_frames)
+    images = _quadrant_images(quads.reshape(-1, 2, 2, 3), size)
+    if block < 1.0:
+        side, pix = round(block * size / 2), np.arange(size)
+        outer = (pix < side) | (pix >= size - side)  # within `side` of the frame's edge, on either half
+        images = np.where((outer[:, None] & outer[None, :])[None, :, :, None], images, BACKGROUND)
+    frames = _frames(rng, images, num_frames)
     return _result(frames, f"In which quadrant does the {name} block end up?", QUADRANTS, final, evidence)
 
 
