@@ -6,7 +6,8 @@ import statistics
 import pytest
 
 from longvid.cli import main
-from longvid.demo import DemoPlan, run_demo_seeds
+from longvid.demo import DemoPlan, _at_chance_text, categories_at_chance, run_demo_seeds
+from longvid.eval.mcq import EvalResult
 
 # Seconds per seed: the recipe's every stage, at a size that proves the wiring, not the learning.
 TINY = DemoPlan(16, 8, 8, 8, 2, 8, 2, 2, 1, 3e-3, 1, 1, 2, 1, (8,), 4)
@@ -41,3 +42,13 @@ def test_bad_seed_lists_are_rejected_naming_the_flag(seeds, tmp_path, capsys):
 def test_seed_and_seeds_together_are_rejected(tmp_path, capsys):
     assert main(["demo", "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path)]) == 2
     assert "not allowed with argument --seed" in capsys.readouterr().err
+
+
+def test_categories_at_chance_after_every_stage_are_named():
+    def result(**acc):
+        return EvalResult(records=[], accuracy=0.0, chance=0.25, per_category={c: {"accuracy": a} for c, a in acc.items()})
+
+    stages = {"after SFT": result(goal=0.30, spatial=0.25, plot=0.9), "after GRPO": result(goal=0.60, spatial=0.34, plot=0.9)}
+    assert categories_at_chance(stages, 0.25) == ["spatial"]  # goal left chance after GRPO
+    assert "At chance after every stage: spatial" in _at_chance_text(stages, 0.25)
+    assert _at_chance_text({"after SFT": result(goal=0.5)}, 0.25) == ""

@@ -240,6 +240,27 @@ def _scaling_text(plan: DemoPlan, scaling) -> str:
     )
 
 
+NEAR_CHANCE = 0.10  # a category within this of chance after every stage is called out in the report
+
+
+def categories_at_chance(stages: dict, chance: float, margin: float = NEAR_CHANCE) -> list[str]:
+    """Categories whose accuracy stays below chance + margin in every stage (e.g. after SFT and after GRPO)."""
+    cats = sorted({c for r in stages.values() for c in r.per_category})
+    return [c for c in cats if all(r.per_category[c]["accuracy"] < chance + margin for r in stages.values() if c in r.per_category)]
+
+
+def _at_chance_text(stages: dict, chance: float) -> str:
+    stuck = categories_at_chance(stages, chance)
+    if not stuck:
+        return ""
+    return (
+        f"\n**At chance after every stage: {', '.join(stuck)}** (below {100 * (chance + NEAR_CHANCE):.0f}%). GRPO cannot "
+        "lift a category the SFT model answers by guessing: its groups' rewards differ by luck, not by "
+        "what the video shows. The SFT stages did not teach it in the demo's budget (the README measures how many "
+        "more samples spatial needs).\n"
+    )
+
+
 def _report(plan: DemoPlan, stages: dict, scaling, grpo_history, timings: dict[str, float], quick: bool,
             difficulty_table: str, notes: list[str], sft_rows: int, rl_rows: int) -> str:
     sft, grpo = stages["after SFT"], stages["after GRPO"]
@@ -256,7 +277,7 @@ reasoning questions, evaluated on {plan.test_samples} held-out questions. Task s
 **Held-out accuracy: {100 * sft.accuracy:.1f}% after SFT, {100 * grpo.accuracy:.1f}% after GRPO** — chance is {100 * grpo.chance:.1f}%.
 
 {markdown_table(stages)}
-
+{_at_chance_text(stages, grpo.chance)}
 ## Recipe
 
 1. CoT-SFT warm-up: {plan.warmup_steps} steps of {plan.grad_accum} samples on all {plan.train_samples} training rows.
