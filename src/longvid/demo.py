@@ -258,8 +258,7 @@ def _at_chance_text(stages: dict, chance: float) -> str:
     return (
         f"\n**At chance after every stage: {', '.join(stuck)}** (below {100 * (chance + NEAR_CHANCE):.0f}%). GRPO cannot "
         "lift a category the SFT model answers by guessing: its groups' rewards differ by luck, not by "
-        "what the video shows. The SFT stages did not teach it in the demo's budget (the README measures how many "
-        "more samples spatial needs).\n"
+        "what the video shows; the SFT stages did not teach it within the demo's budget.\n"
     )
 
 
