@@ -16,7 +16,9 @@ from longvid.errors import ConfigError
 from longvid.model import compress, load_adapter
 from longvid.model.compress import PARAMS_FILE, CompressConfig, SummaryTokens
 from longvid.rl.grpo import grpo_loss
+from longvid.model.tiny import build_tiny_adapter
 from longvid.rl.trainer import GRPOConfig, GRPOTrainer, _PhaseTimer
+from longvid.sft.trainer import SFTConfig, SFTTrainer
 from longvid.training import OptimConfig
 
 WINDOW = 8  # 8 frames of 56 px: 16 visual tokens, two windows
@@ -313,3 +315,18 @@ def test_a_trainable_vision_tower_gets_gradients_through_the_compressed_prefix(t
     assert record["grad_norm"] > 0 and record["drift_max"] < 1e-4
     after = dict(trainer.adapter.hf.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the re-encoded embeddings carry gradients
+
+
+def test_deepstack_family_is_refused_at_setup_by_both_trainers_and_by_inference(tmp_path):
+    """Qwen3-VL adds vision features inside the first LLM layers, which the compressed paths do not
+    carry: refused where summary tokens attach (before any step), not mid-run."""
+    samples, frames = flash_set(2)
+    qwen3 = build_tiny_adapter("qwen3_vl")
+    with pytest.raises(ConfigError, match="DeepStack"):
+        GRPOTrainer(qwen3, _config(tmp_path / "grpo"), samples, frames)
+    sft = SFTConfig(train=str(tmp_path / "grpo" / "train.jsonl"), out_dir=str(tmp_path / "sft"), steps=1, progress=False,
+                    compress=CompressConfig(ratios=(2,), window=WINDOW))
+    with pytest.raises(ConfigError, match="DeepStack"):
+        SFTTrainer(build_tiny_adapter("qwen3_vl"), sft, samples, frames)
+    with pytest.raises(ConfigError, match="DeepStack"):
+        SummaryTokens.from_adapter(qwen3, ratios=[2], window=WINDOW).attach(qwen3)

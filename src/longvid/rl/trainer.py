@@ -20,7 +20,8 @@ mask (`shared_prefix` AND `visual_summary`). The summary parameters train with t
 SFT): they start from those saved beside `model.path` when it has them, else fresh; the
 reference runs a frozen copy of the initial ones. They ride in every checkpoint (with their
 optimizer state) and are saved beside each checkpoint's and the final export's model.
-Compression runs with data and sequence parallelism on replicated parameters (not under FSDP).
+Compression runs under data and sequence parallelism and FSDP (the summary parameters stay
+replicated, with their own optimizer: `Trainer._setup_compression`).
 """
 
 from __future__ import annotations
@@ -214,8 +215,6 @@ class GRPOTrainer(Trainer):
     def _compressed_prompt(self, place: int, encoded: Encoded) -> compress.Layout:
         """The prompt with summary slots, its ratios drawn from a stream of (seed, step, place) like
         the rollout's, so every mesh (and a resumed run) compresses alike."""
-        if encoded.visual.deepstack is not None:
-            raise ConfigError("compress: visual summary tokens do not support DeepStack families (Qwen3-VL) yet")
         embeds, positions = self.adapter.prefix_inputs(encoded.prompt, encoded.visual)
         return self.compression.prefix_layout(encoded.prompt, embeds, positions, random.Random(self._prompt_seed(place, 1)))
 

@@ -114,7 +114,13 @@ class SummaryTokens(nn.Module):
     # -- attaching to a model ---------------------------------------------------------------------
 
     def attach(self, adapter: VLMAdapter) -> "SummaryTokens":
-        """Hook the summary projections into `adapter`'s attention layers (after any peft wrapping)."""
+        """Hook the summary projections into `adapter`'s attention layers (after any peft wrapping).
+
+        DeepStack families (Qwen3-VL) are refused here, the one door every compressed path uses:
+        their vision features are added to the visual tokens' hidden states inside the first LLM
+        layers, and the compressed paths (interleaved slots, evicted raw visual K/V) do not carry them yet."""
+        if getattr(adapter, "deepstack_layers", 0):
+            raise ConfigError(f"compress: visual summary tokens do not support DeepStack families ({type(adapter).__name__}) yet")
         self.detach_hooks()
         attentions = _attentions(adapter)
         if len(attentions) != len(self.layers):
