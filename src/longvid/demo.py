@@ -66,7 +66,8 @@ QUICK = DemoPlan(400, 40, 8, 8, 300, 40, 4, 150, 4, 3e-3, 8, 2, 4, 4, (4, 8), 20
 
 # GRPO's steps are 30x smaller than SFT's: 1e-4 (full fine-tuning, Adam) moved held-out accuracy
 # where 5e-5 did not, while 3e-4 and 1e-3 lowered the training reward (1e-3 broke the format). With
-# the filter below, 3e-4 gained +0.5 on two validation seeds (1e-4: +4.0, +3.0) and 2e-4 lost 4 on one.
+# the filter below, 200 steps at 3e-4 gained +0.5 on two validation seeds (200 unfiltered steps at
+# 1e-4: +3.5, +2.0), and 400 filtered two-pass steps at 2e-4 lost 4 points on one.
 GRPO_LR = 1e-4
 # After SFT most groups are all right (temporal, goal, plot near 100%): DAPO's filter drops them,
 # so the policy passes go to groups whose rewards differ, and each batch's rollouts feed two
