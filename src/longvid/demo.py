@@ -73,7 +73,6 @@ GRPO_LR = 1e-4
 # so the policy passes go to groups whose rewards differ, and each batch's rollouts feed two
 # optimizer steps. With 400 steps this gained +4.5 / +4.0 / +4.5 points on validation seeds
 # 100-102 against +3.5 / +2.0 / +2.5 for 200 unfiltered single-pass steps, in about 1.5x the time.
-GRPO_FILTER_GROUPS = True
 GRPO_ITERATIONS = 2
 FILTER_TEMPERATURE = 1.0  # the filter samples as GRPO's rollouts do
 
@@ -179,7 +178,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         seed=seed,
         progress=progress,
         log_every=0,
-        filter_groups=GRPO_FILTER_GROUPS,
+        filter_groups=True,
         num_iterations=GRPO_ITERATIONS,
     )
     grpo_history = GRPOTrainer(adapter, grpo_config, rl_rows, train_set.load_frames, video_key=train_set.video_key).train()
@@ -298,7 +297,7 @@ reasoning questions, evaluated on {plan.test_samples} held-out questions. Task s
 3. CoT-SFT on easy + hard plus the {plan.train_samples - plan.filter_samples} rows the filter did not label ({sft_rows} rows,
    medium rows kept out): {plan.sft_steps} steps.
 4. GRPO on medium ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses
-   (temperature 1, learning rate {GRPO_LR:g}; SFT's peak is {plan.lr:g}){"; groups whose rewards are all equal dropped (DAPO's filter)" if GRPO_FILTER_GROUPS else ""};
+   (temperature 1, learning rate {GRPO_LR:g}; SFT's peak is {plan.lr:g}); groups whose rewards are all equal dropped (DAPO's filter);
    {GRPO_ITERATIONS} optimizer step(s) per batch of rollouts.
 {fallback}
 {difficulty_table}
