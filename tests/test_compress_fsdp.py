@@ -73,8 +73,11 @@ def _grpo(rank, world, out_dir, batch_size, lora=False):
 
 def _assert_same_weights(got, ref):
     assert got.keys() == ref.keys()
+    # Every step clips to CLIP, so many gradients sit near Adam's eps (1e-8), where the update's
+    # sensitivity to its gradient reaches lr / eps = 1e6: float64 roundoff then moves a few weights by
+    # up to ~4e-9 (2 of 49152 seen). A wrong update moves weights by ~lr = 1e-2.
     for name, value in ref.items():
-        torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(value), atol=1e-9, rtol=1e-9, msg=name)
+        torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(value), atol=2e-8, rtol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("world,sp", [(2, 1), (4, 2)], ids=["dp2", "dp2xsp2"])

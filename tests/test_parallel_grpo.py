@@ -92,5 +92,7 @@ def test_dp_grpo_where_one_rank_keeps_no_group_equals_one_process(tmp_path, num_
     assert any(not torch.equal(torch.from_numpy(single[n]), initial[n]) for n in single)  # the update is real
     for _, weights in ranks:
         assert weights.keys() == single.keys()
+        # The updates are ~1.5e-2; Adam amplifies float64 roundoff in near-zero gradients to ~1e-12
+        # in a few weights (1 of 8192 seen at 1.2e-12), so 1e-10 is roundoff, far below any real difference.
         for name, value in single.items():
-            torch.testing.assert_close(torch.from_numpy(weights[name]), torch.from_numpy(value), atol=1e-12, rtol=0, msg=name)
+            torch.testing.assert_close(torch.from_numpy(weights[name]), torch.from_numpy(value), atol=1e-10, rtol=0, msg=name)
