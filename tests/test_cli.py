@@ -75,10 +75,12 @@ def test_quick_demo_beats_chance_and_reports_the_recipe(tmp_path):
     # The filter labelled every pooled row; SFT and GRPO trained on its splits (or said why not).
     plan = metrics["plan"]
     assert sum(metrics["difficulty"].values()) == plan["filter_samples"]
-    if metrics["grpo_split"] == "medium":
-        assert metrics["grpo_rows"] == metrics["difficulty"]["medium"] >= plan["min_medium"]
+    unlabelled = plan["train_samples"] - plan["filter_samples"]
+    if metrics["grpo_split"] == "medium + unlabelled":
+        assert metrics["difficulty"]["medium"] >= plan["min_medium"]
+        assert metrics["grpo_rows"] == metrics["difficulty"]["medium"] + unlabelled
     else:  # the fallback is said, never silent
-        assert metrics["grpo_split"] == "all" and metrics["grpo_rows"] == plan["filter_samples"]
+        assert metrics["grpo_split"] == "all" and metrics["grpo_rows"] == plan["train_samples"]
         assert any("GRPO trained on all" in note for note in metrics["notes"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "after SFT" in report and "after GRPO" in report and "| temporal |" in report

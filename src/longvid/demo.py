@@ -1,7 +1,7 @@
 """`longvid demo`: LongVILA-R1's recipe on synthetic long videos with the tiny model.
 
 Synthetic videos → CoT-SFT warm-up → difficulty filter with the warmed-up model → CoT-SFT on easy +
-hard → GRPO on medium → held-out evaluation per category, reward curve and frames scaling.
+hard → GRPO on medium + unlabelled → held-out evaluation per category, reward curve and frames scaling.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     pool_jsonl.write_text("".join(json.dumps(s.to_row()) + "\n" for s in pool.samples))
     sampling = SamplingConfig(max_new_tokens=64, temperature=FILTER_TEMPERATURE)
     correct = answer_many(adapter, pool, plan.filter_answers, sampling, seed=seed, progress=progress)
-    paths = write_splits(pool, correct, pool_jsonl)
+    write_splits(pool, correct, pool_jsonl)
     labels = label_difficulty(correct)
     splits = split_by_difficulty(pool.samples, labels)
     timings["filter_s"] = time.perf_counter() - t
@@ -157,15 +157,18 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     write_result(result, out, "eval_sft")
     timings["eval_sft_s"] = time.perf_counter() - t
 
-    # 4. GRPO on medium (groups whose rewards differ); too few: every labelled row, reported.
+    # 4. GRPO on every row the filter did not rule out: medium, and the unlabelled rows, whose
+    # all-right groups DAPO's online filter drops. Too few medium rows: every row, reported.
     t = time.perf_counter()
-    rl_rows, rl_source, grpo_split = splits["rl"], paths["rl"], "medium"
-    if len(rl_rows) < plan.min_medium:
+    rl_rows, grpo_split = splits["rl"] + unlabelled, "medium + unlabelled"
+    if len(splits["rl"]) < plan.min_medium:
         notes.append(
-            f"The filter left {len(rl_rows)} medium rows (< {plan.min_medium}): GRPO trained on all "
-            f"{len(pool.samples)} labelled rows instead."
+            f"The filter left {len(splits['rl'])} medium rows (< {plan.min_medium}): GRPO trained on all "
+            f"{len(train)} training rows instead."
         )
-        rl_rows, rl_source, grpo_split = pool.samples, pool_jsonl, "all"
+        rl_rows, grpo_split = train, "all"
+    rl_source = train_jsonl.with_name("train.rl.jsonl")
+    rl_source.write_text("".join(json.dumps(s.to_row()) + "\n" for s in rl_rows))
     grpo_config = GRPOConfig(
         train=str(rl_source),
         out_dir=str(out / "grpo"),
@@ -296,7 +299,7 @@ reasoning questions, evaluated on {plan.test_samples} held-out questions. Task s
    {plan.filter_answers} times (temperature {FILTER_TEMPERATURE}); always right = easy, never = hard, else medium.
 3. CoT-SFT on easy + hard plus the {plan.train_samples - plan.filter_samples} rows the filter did not label ({sft_rows} rows,
    medium rows kept out): {plan.sft_steps} steps.
-4. GRPO on medium ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses
+4. GRPO on medium + the unlabelled rows ({rl_rows} rows): {plan.grpo_steps} steps of {plan.grpo_prompts} prompts x {plan.group_size} responses
    (temperature 1, learning rate {GRPO_LR:g}; SFT's peak is {plan.lr:g}); groups whose rewards are all equal dropped (DAPO's filter);
    {GRPO_ITERATIONS} optimizer step(s) per batch of rollouts.
 {fallback}
