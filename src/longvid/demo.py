@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import VideoConfig
 from .data.dataset import VideoDataset
+from .data.schema import write_jsonl
 from .eval.mcq import frames_scaling, markdown_table, write_result, evaluate
 from .eval.plots import plot_category_bars, plot_curves, plot_frames_scaling
 from .data.reason.filter import DIFFICULTIES, answer_many, label_difficulty, split_by_difficulty, summary_table, write_splits
@@ -130,7 +131,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     t = time.perf_counter()
     pool = VideoDataset(train[: plan.filter_samples], root=train_jsonl.parent, video=video, cache=True)
     pool_jsonl = train_jsonl.with_name("pool.jsonl")
-    pool_jsonl.write_text("".join(json.dumps(s.to_row()) + "\n" for s in pool.samples))
+    write_jsonl(pool_jsonl, pool.samples)
     sampling = SamplingConfig(max_new_tokens=64, temperature=FILTER_TEMPERATURE)
     correct = answer_many(adapter, pool, plan.filter_answers, sampling, seed=seed, progress=progress)
     write_splits(pool, correct, pool_jsonl)
@@ -145,7 +146,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     unlabelled = train[plan.filter_samples :]
     sft_rows = splits["sft"] + unlabelled
     sft_jsonl = train_jsonl.with_name("train.sft.jsonl")
-    sft_jsonl.write_text("".join(json.dumps(s.to_row()) + "\n" for s in sft_rows))
+    write_jsonl(sft_jsonl, sft_rows)
     if not splits["sft"]:
         notes.append("The filter labelled no row easy or hard: CoT-SFT after it used only the unlabelled rows.")
     history += [{**h, "step": h["step"] + plan.warmup_steps} for h in _sft(adapter, plan, sft_rows, train_set, video, sft_jsonl, out / "sft", plan.sft_steps, seed + 1, progress)]
@@ -168,7 +169,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         )
         rl_rows, grpo_split = train, "all"
     rl_source = train_jsonl.with_name("train.rl.jsonl")
-    rl_source.write_text("".join(json.dumps(s.to_row()) + "\n" for s in rl_rows))
+    write_jsonl(rl_source, rl_rows)
     grpo_config = GRPOConfig(
         train=str(rl_source),
         out_dir=str(out / "grpo"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import VideoConfig
+from .data.schema import write_jsonl
 from .eval import niah
 from .eval.plots import plot_curves
 from .model.compress import CompressConfig, Compressor, SummaryTokens
@@ -75,7 +76,7 @@ def run_compress_demo(out: str | Path, *, quick: bool = False, seed: int = 0, pr
     rows = needle_training_rows(plan.train_samples, plan.train_frames, plan.needle_lengths, size=SIZE, seed=seed)
     train_jsonl = out / "data" / "train.jsonl"
     train_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    train_jsonl.write_text("".join(json.dumps(s.to_row()) + "\n" for s in rows))
+    write_jsonl(train_jsonl, rows)
 
     t = time.perf_counter()
     adapter = build_tiny_adapter(seed=seed, **dict(plan.model))

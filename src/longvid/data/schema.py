@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import string
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 CATEGORIES = ("temporal", "goal", "spatial", "plot", "needle")
@@ -89,3 +92,10 @@ class Sample:
             reasoning=row.get("reasoning"),
             extra={k: v for k, v in row.items() if k not in known},
         )
+
+
+def write_jsonl(path: str | Path, samples: Iterable[Sample]) -> Path:
+    """`samples` as a jsonl file, one `to_row()` per line."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(s.to_row()) + "\n" for s in samples))
+    return path

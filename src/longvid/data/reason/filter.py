@@ -21,7 +21,7 @@ from ...model.adapter import VLMAdapter
 from ...model.sampling import SamplingConfig
 from ...respond import respond
 from ..dataset import VideoDataset
-from ..schema import CATEGORIES
+from ..schema import CATEGORIES, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def write_splits(dataset: VideoDataset, correct: list[list[bool]], source: str |
     paths = {}
     for name, rows in groups.items():
         path = source.with_name(f"{source.stem}.{name}.jsonl")
-        path.write_text("".join(json.dumps(s.to_row()) + "\n" for s in rows))
+        write_jsonl(path, rows)
         paths[name] = path
     table = summary_table(labels, [s.category for s in dataset.samples])
     paths["summary"] = source.with_name(f"{source.stem}.difficulty.md")
