@@ -323,3 +323,41 @@ def test_cli_sft_eval_grpo_pick_the_family_from_the_checkpoint(family, tmp_path,
     assert main(["grpo", "--train", str(data), "--model", str(tuned), "--out-dir", str(grpo), "--steps", "1",
                  "--set", "group_size=2", "--set", "batch_size=1", "--set", "max_new_tokens=4", *quiet]) == 0
     assert (grpo / "checkpoints" / "latest" / "state.pt").is_file()
+
+
+def test_packed_sft_equals_one_sample_per_forward_float64(family, tmp_path):
+    """SFT's `pack_tokens`: several samples in one forward under a document mask give the same loss
+    and gradients (tower and DeepStack included) as one forward per sample."""
+    from helpers import flash_sample
+    from longvid.inputs import target_text
+    from longvid.sft.trainer import SFTConfig, SFTTrainer
+
+    size = FRAME_SIZE[family][0]
+    pairs = [flash_sample(i, num_frames=8 if i % 2 else 4, size=size) for i in range(3)]  # unequal lengths
+    frames = {s.id: f for s, f in pairs}
+    samples = [s for s, _ in pairs]
+    results = {}
+    for pack_tokens in (0, 10_000):
+        adapter = build_tiny_adapter(family, seed=4, dtype=torch.float64)
+        cfg = SFTConfig(train=__file__, out_dir=str(tmp_path / f"p{pack_tokens}"), pack_tokens=pack_tokens, progress=False)
+        trainer = SFTTrainer(adapter, cfg, samples, lambda s: frames[s.id])
+        targets = [adapter.response_ids(target_text(s)) for s in samples]
+        total = sum(len(t) for t in targets)
+        mine = list(enumerate(zip(samples, targets)))
+        with exact_norms(family):
+            losses = trainer._packed_losses(mine, total) if pack_tokens else trainer._losses(mine, total)
+            passes = 0
+            loss_sum = 0.0
+            for loss, _ in losses:
+                loss.backward()
+                loss_sum += loss.item()
+                passes += 1
+        results[pack_tokens] = passes, loss_sum, _grads(adapter)
+    (passes_one, loss_one, grads_one), (passes_packed, loss_packed, grads_packed) = results[0], results[10_000]
+    assert (passes_one, passes_packed) == (3, 1)
+    assert loss_packed == pytest.approx(loss_one, rel=1e-12)
+    assert grads_one.keys() == grads_packed.keys() and any(".visual." in n for n in grads_one)
+    if family == "qwen3_vl":
+        assert any("deepstack_merger_list" in n for n in grads_one)
+    for name in grads_one:
+        torch.testing.assert_close(grads_packed[name], grads_one[name], atol=1e-10, rtol=1e-9, msg=name)

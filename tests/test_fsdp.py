@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dist_utils import run_ranks
-from helpers import exact_float64_norms, flash_set
+from helpers import exact_float64_norms, flash_sample, flash_set
 from longvid.config import ModelConfig, ParallelConfig, VideoConfig
 from longvid.model import load_adapter
 from longvid.sft.trainer import SFTConfig, SFTTrainer
@@ -47,7 +47,12 @@ def _train(rank, world, tmp, name, options, stop_after=None, resume=False, expor
     options = dict(options)
     num_frames = options.get("num_frames", 12)
     mesh = init_mesh(sp=options.get("sp", 1)) if world > 1 else Mesh.single("cpu")
-    samples, frames = flash_set(samples_n, num_frames=num_frames)
+    if options.pop("one_long", False):  # sample 0 has 48 frames (171 tokens), the others 4 (83 tokens)
+        pairs = [flash_sample(i, num_frames=48 if i == 0 else 4) for i in range(samples_n)]
+        by_id = {s.id: f for s, f in pairs}
+        samples, frames = [s for s, _ in pairs], lambda s: by_id[s.id]
+    else:
+        samples, frames = flash_set(samples_n, num_frames=num_frames)
     cfg = _config(tmp, name, **options)
     with exact_float64_norms():
         trainer = SFTTrainer(load_adapter(ModelConfig(seed=3, dtype="float64")), cfg, samples, frames, mesh=mesh)
@@ -88,6 +93,22 @@ def test_fsdp_dp2_sp2_sft_equals_one_process(tmp_path):
     for result in run_ranks(_train, 4, str(tmp_path), "dp2sp2", {"sp": 2, "grad_accum": 2}, timeout=600):
         assert result[2]
         _assert_same(result, ref_losses, ref_params)
+
+
+def test_dp2_packed_sft_with_uneven_pack_counts_equals_one_process(tmp_path):
+    """`pack_tokens` 200 on two data-parallel ranks (gradients all-reduced once per step): whichever
+    rank draws the long sample runs two packs (171 | 83), the other one (83 + 83); losses and weights
+    equal one process that packs nothing."""
+    ref_losses, ref_params, _, _ = _train(0, 1, str(tmp_path), "one", {"grad_accum": 4, "one_long": True})
+    options = {"grad_accum": 2, "one_long": True, "pack_tokens": 200, "fsdp": False}
+    for result in run_ranks(_train, 2, str(tmp_path), "dp2pack", options, timeout=400):
+        assert not result[2]
+        _assert_same(result, ref_losses, ref_params)
+
+
+def test_packing_under_fsdp_on_two_data_parallel_ranks_is_refused(tmp_path):
+    with pytest.raises(AssertionError, match="pack_tokens needs parallel.fsdp=false"):
+        run_ranks(_train, 2, str(tmp_path), "fsdppack", {"grad_accum": 2, "pack_tokens": 200}, timeout=400)
 
 
 @pytest.mark.parametrize("sp,dp", [(1, 2), (2, 1)])

@@ -134,9 +134,9 @@ def test_eval_reward_and_filter_grade_alike(monkeypatch):
     ]
     texts = {"c": "<answer>Argentina</answer>", "n": "<answer>about 1,000</answer>",
              "t": "<answer>The Eiffel Tower!</answer>", "w": "<answer>Rome</answer>"}
-    fake = lambda adapter, s, frames, n, config, **kw: [texts[s.id]] * n  # noqa: E731
-    monkeypatch.setattr(mcq, "respond", fake)
-    monkeypatch.setattr(difficulty_filter, "respond", fake)
+    fake = lambda adapter, batch, frames, n, config, **kw: [[texts[s.id]] * n for s in batch]  # noqa: E731
+    monkeypatch.setattr(mcq, "respond_samples", fake)
+    monkeypatch.setattr(difficulty_filter, "respond_samples", fake)
     adapter = SimpleNamespace(model=torch.nn.Linear(1, 1))
 
     evaluated = [r.correct for r in mcq.evaluate(adapter, samples, lambda s: None, progress=False).records]

@@ -158,6 +158,12 @@ class VLMAdapter(Protocol):
         `positions[..., idx]`, shard them along dim -1, and add the batch dimension as
         `positions.unsqueeze(-2)`."""
 
+    def concat_sequences(
+        self, positions: list[torch.Tensor], deepstacks: list[list[torch.Tensor] | None]
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Positions and DeepStack features of several sequences laid end to end (packing: each
+        keeps its own positions, a document mask keeps them apart)."""
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Text token embeddings `[..., D]`."""
 

@@ -57,6 +57,20 @@ class Qwen3VLAdapter(QwenVLAdapter):
         rope = super().continuation_positions(prefix_positions, length)
         return torch.cat([rope, torch.full_like(rope[:1], -1)])
 
+    def concat_sequences(
+        self, positions: list[torch.Tensor], deepstacks: list[list[torch.Tensor] | None]
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The visual-index row of each later sequence moves past the visual tokens before it, so it
+        picks its own rows of the concatenated DeepStack features."""
+        rows, offset = [], 0
+        for pos, deepstack in zip(positions, deepstacks, strict=True):
+            index = pos[ROPE_ROWS]
+            rows.append(torch.cat([pos[:ROPE_ROWS], torch.where(index >= 0, index + offset, index)[None]]))
+            offset += 0 if deepstack is None else len(deepstack[0])
+        present = [d for d in deepstacks if d is not None]
+        deepstack = [torch.cat(layer) for layer in zip(*present)] if present else None
+        return torch.cat(rows, dim=-1), deepstack
+
     def language_inputs(
         self, position_ids: torch.Tensor, deepstack: list[torch.Tensor] | None
     ) -> tuple[torch.Tensor, dict[str, Any]]:

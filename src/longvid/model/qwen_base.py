@@ -329,6 +329,13 @@ class QwenVLAdapter:
         start = int(prefix_positions[:ROPE_ROWS, -1].max()) + 1
         return (torch.arange(length, device=prefix_positions.device) + start).expand(ROPE_ROWS, -1)
 
+    def concat_sequences(
+        self, positions: list[torch.Tensor], deepstacks: list[list[torch.Tensor] | None]
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if any(d is not None for d in deepstacks):
+            raise ValueError(f"{type(self).__name__} has no DeepStack features")
+        return torch.cat(positions, dim=-1), None
+
     # -- language model ------------------------------------------------------------------------
 
     def language_inputs(

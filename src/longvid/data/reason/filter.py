@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ...answers import judge
 from ...model.adapter import VLMAdapter
 from ...model.sampling import SamplingConfig
-from ...respond import respond
+from ...respond import respond_samples
 from ..dataset import VideoDataset
 from ..schema import CATEGORIES, write_jsonl
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 Difficulty = Literal["easy", "medium", "hard"]
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 SPLIT_OF: dict[str, str] = {"easy": "sft", "hard": "sft", "medium": "rl"}
+FILTER_BATCH = 8  # questions decoded together (x N answers each): one decoding loop of 8N rows
 T = TypeVar("T")
 
 
@@ -89,15 +91,29 @@ def answer_many(
     *,
     seed: int = 0,
     progress: bool = True,
+    batch_size: int = FILTER_BATCH,
 ) -> list[list[bool]]:
-    """`[question][attempt]` correctness: each video encoded and prefilled once, N answers sampled."""
+    """`[question][attempt]` correctness: each video encoded and prefilled once, N answers sampled,
+    `batch_size` questions decoded together. Question i draws from its own stream, seeded by
+    (seed, i), so the answers do not depend on the batch size."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     adapter.model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    samples = dataset.samples
     correct = []
-    for s in tqdm(dataset.samples, desc="answering", disable=not progress, dynamic_ncols=True):
-        texts = respond(adapter, s, dataset.load_frames(s), num_answers, config, generator=generator)
-        correct.append([judge(t, s.answer, s.options).correct for t in texts])
+    bar = tqdm(total=len(samples), desc="answering", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(_question_seed(seed, start + i)) for i in range(len(batch))]
+        texts = respond_samples(adapter, batch, [dataset.load_frames(s) for s in batch], num_answers, config, generators=generators)
+        correct += [[judge(t, s.answer, s.options).correct for t in answers] for s, answers in zip(batch, texts)]
+        bar.update(len(batch))
+    bar.close()
     return correct
+
+
+def _question_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0])
 
 
 def write_splits(dataset: VideoDataset, correct: list[list[bool]], source: str | Path) -> dict[str, Path]:
