@@ -85,8 +85,7 @@ def test_one_compressed_step_equals_separate_compressed_forwards_with_the_grpo_l
         assert scored.kept == [0, 1] and scored.advantages.abs().sum() > 0
         trainer.adapter.model.train()
         trainer.zero_grad()
-        losses = [trainer._forward_backward(groups[i], videos[i], scored.advantages[i], None, scored, 1.0, timer)[2]
-                  for i in scored.kept]
+        losses = [trainer._forward_backward([i], groups, videos, scored, {}, 1.0, timer)[0][2] for i in scored.kept]
         got = _grads(trainer.adapter.hf, trainer.compression.summary)
         trainer.zero_grad()
 

@@ -361,3 +361,37 @@ def test_packed_sft_equals_one_sample_per_forward_float64(family, tmp_path):
         assert any("deepstack_merger_list" in n for n in grads_one)
     for name in grads_one:
         torch.testing.assert_close(grads_packed[name], grads_one[name], atol=1e-10, rtol=1e-9, msg=name)
+
+
+def test_grpo_packed_groups_equal_one_group_per_forward_float64(family, tmp_path):
+    """GRPO's `pack_tokens`: a step's groups (prompts of unequal lengths) in one policy and one
+    reference forward give the same losses, KL and weights after two steps of two iterations, the
+    vision tower training (DeepStack included), as one forward per group."""
+    from helpers import flash_sample
+    from longvid.rl.trainer import GRPOConfig, GRPOTrainer
+    from longvid.training import OptimConfig
+
+    size = FRAME_SIZE[family][0]
+    pairs = [flash_sample(i, num_frames=8 if i % 2 else 4, size=size) for i in range(3)]
+    frames = {s.id: f for s, f in pairs}
+    runs = {}
+    for pack_tokens in (0, 10_000):
+        cfg = GRPOConfig(train=__file__, out_dir=str(tmp_path / f"p{pack_tokens}"), steps=2, batch_size=3, group_size=3,
+                         max_new_tokens=5, num_iterations=2, beta=0.04, train_vision=True, pack_tokens=pack_tokens,
+                         rewards={"reward_fns:shorter_is_better": 1.0}, optim=OptimConfig(lr=1e-2, warmup_steps=0),
+                         progress=False, log_every=0)
+        trainer = GRPOTrainer(build_tiny_adapter(family, seed=4, dtype=torch.float64), cfg, [s for s, _ in pairs], lambda s: frames[s.id])
+        with exact_norms(family):
+            history = trainer.train()
+        runs[pack_tokens] = history, {n: p.detach().clone() for n, p in trainer.adapter.hf.named_parameters()}
+    (one, weights_one), (packed, weights_packed) = runs[0], runs[10_000]
+    assert [h["passes"] for h in one] == [3, 3] and [h["passes"] for h in packed] == [1, 1]
+    for a, b in zip(one, packed):
+        for key in ("loss", "kl", "drift", "reward", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+    assert one[-1]["kl"] > 0
+    initial = build_tiny_adapter(family, seed=4, dtype=torch.float64).hf.state_dict()
+    moved = [n for n in weights_one if not torch.equal(weights_one[n], initial[n])]
+    assert any(".visual." in n for n in moved)
+    for name in weights_one:
+        torch.testing.assert_close(weights_packed[name], weights_one[name], atol=1e-10, rtol=1e-9, msg=name)

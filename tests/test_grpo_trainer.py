@@ -107,6 +107,11 @@ def test_impossible_configs_are_rejected(tmp_path):
         _config(tmp_path, group_size=1)
     with pytest.raises(ConfigError, match="reference=base"):
         _config(tmp_path, beta=0.1, reference="base")
+    with pytest.raises(ConfigError, match="pack_tokens must be >= 0"):
+        _config(tmp_path, pack_tokens=-1)
+    from longvid.model.compress import CompressConfig
+    with pytest.raises(ConfigError, match="pack_tokens and compress"):
+        _config(tmp_path, pack_tokens=4096, compress=CompressConfig(ratios=(2,), window=8))
 
 
 def test_lora_policy_with_the_adapter_disabled_as_reference(tmp_path):

@@ -44,7 +44,7 @@ def test_packed_policy_pass_is_exact_under_sp(world, mode, layout):
             torch.testing.assert_close(torch.tensor(grads[name]), torch.tensor(ref_grads[name]), atol=1e-9, rtol=1e-9, msg=name)
 
 
-def _filtered_grpo(rank, world, out_dir, num_samples, batch_size, compressed=False):
+def _filtered_grpo(rank, world, out_dir, num_samples, batch_size, compressed=False, pack_tokens=0):
     """GRPO on flash-0 (always filtered) and flash-1 (kept), over a compressed prefix (summary
     tokens at ratios 2 and 4) when `compressed`; returns the history and the LLM weights."""
     from helpers import flash_set
@@ -60,7 +60,7 @@ def _filtered_grpo(rank, world, out_dir, num_samples, batch_size, compressed=Fal
     cfg = GRPOConfig(train=__file__, out_dir=out_dir, steps=2, batch_size=batch_size, group_size=4, max_new_tokens=6,
                      filter_groups=True, rewards={"reward_fns:flat_for_flash_0": 1.0}, progress=False, log_every=0,
                      video=VideoConfig(num_frames=8), optim=OptimConfig(lr=1e-2, warmup_steps=0),
-                     compress=CompressConfig(ratios=(2, 4), window=8) if compressed else None)
+                     compress=CompressConfig(ratios=(2, 4), window=8) if compressed else None, pack_tokens=pack_tokens)
     with exact_float64_norms():
         history = GRPOTrainer(adapter, cfg, samples, frames, mesh=mesh).train()
     # numpy, not tensors: results travel back pickled by value
@@ -70,16 +70,21 @@ def _filtered_grpo(rank, world, out_dir, num_samples, batch_size, compressed=Fal
     return history, weights
 
 
-@pytest.mark.parametrize("num_samples,per_rank,kept,compressed", [(2, 1, [0, 1], False), (4, 2, [1, 2], False), (2, 1, [0, 1], True)],
-                         ids=["one-rank-keeps-nothing", "one-rank-keeps-less", "compressed-one-rank-keeps-nothing"])
-def test_dp_grpo_where_one_rank_keeps_no_group_equals_one_process(tmp_path, num_samples, per_rank, kept, compressed):
+@pytest.mark.parametrize("num_samples,per_rank,kept,compressed,pack_tokens",
+                         [(2, 1, [0, 1], False, 0), (4, 2, [1, 2], False, 0), (2, 1, [0, 1], True, 0),
+                          (2, 1, [0, 1], False, 10_000), (4, 2, [1, 2], False, 10_000)],
+                         ids=["one-rank-keeps-nothing", "one-rank-keeps-less", "compressed-one-rank-keeps-nothing",
+                              "packed-one-rank-keeps-nothing", "packed-one-rank-keeps-less"])
+def test_dp_grpo_where_one_rank_keeps_no_group_equals_one_process(tmp_path, num_samples, per_rank, kept, compressed, pack_tokens):
     """Crash 2: with filter_groups a rank whose groups are all dropped still joins every collective,
     and a rank that kept fewer groups than its peer runs as many passes. DP=2 equals one process
     with the whole batch: same rollouts (the random stream is per place in the global batch), same
     kept groups, same update (float64), also over a compressed prefix (summary tokens) under FSDP.
-    flash-0's group is always dropped, the others kept."""
-    single_history, single = _filtered_grpo(0, 1, str(tmp_path / "single"), num_samples, 2 * per_rank, compressed)
-    ranks = run_ranks(_filtered_grpo, 2, str(tmp_path / "dp"), num_samples, per_rank, compressed, timeout=600)
+    flash-0's group is always dropped, the others kept. With `pack_tokens` each rank packs its kept
+    groups into one forward (the one-process run packs all three), and the rank with none runs a
+    zero-weight pass beside its peer's."""
+    single_history, single = _filtered_grpo(0, 1, str(tmp_path / "single"), num_samples, 2 * per_rank, compressed, pack_tokens)
+    ranks = run_ranks(_filtered_grpo, 2, str(tmp_path / "dp"), num_samples, per_rank, compressed, pack_tokens, timeout=600)
     for step in range(2):
         got = sorted(history[step]["groups_kept"] for history, _ in ranks)
         assert got == kept, f"step {step}: kept groups per rank {got}, expected {kept}"
@@ -88,6 +93,8 @@ def test_dp_grpo_where_one_rank_keeps_no_group_equals_one_process(tmp_path, num_
         rewards = [h[step]["reward"] for h, _ in ranks]
         assert single_history[step]["reward"] == pytest.approx(sum(rewards) / 2, abs=1e-6)  # float32 rewards
         assert single_history[step]["grad_norm"] > 0
+        if pack_tokens:
+            assert single_history[step]["passes"] == 1 and all(h[step]["passes"] == 1 for h, _ in ranks)
     initial = load_adapter(ModelConfig(seed=3, dtype="float64")).hf.state_dict()
     assert any(not torch.equal(torch.from_numpy(single[n]), initial[n]) for n in single)  # the update is real
     for _, weights in ranks:

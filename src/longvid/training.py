@@ -417,3 +417,17 @@ class Trainer:
         # One plain folder that `from_pretrained` and `longvid eval --model` load (weights gathered, LoRA merged).
         self.export(Path(cfg.out_dir) / "final")
         return self.history
+
+
+def pack_consecutive(lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive indices grouped so each group's lengths sum to at most `budget` (a longer item
+    stands alone): the sequences packed into one forward (SFT samples, GRPO groups)."""
+    packs: list[list[int]] = []
+    used = budget
+    for i, n in enumerate(lengths):
+        if used + n > budget:
+            packs.append([])
+            used = 0
+        packs[-1].append(i)
+        used += n
+    return packs

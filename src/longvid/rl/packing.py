@@ -28,10 +28,13 @@ class Packed:
     targets: torch.Tensor  # [G, L] response tokens (0 where padded)
     mask: torch.Tensor  # [G, L] bool, True for real response tokens
     deepstack: list[torch.Tensor] | None = None  # the prefix's per-layer visual features (VisualEmbeds.deepstack)
+    groups: torch.Tensor | None = None  # [S]: which group each token belongs to, when several are packed
 
     @property
     def mask_fn(self) -> masks.MaskFn:
-        return masks.shared_prefix(self.segment_ids)
+        if self.groups is None:
+            return masks.shared_prefix(self.segment_ids)
+        return masks.and_masks(masks.document(self.groups), masks.shared_prefix(self.segment_ids))
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -74,6 +77,41 @@ def pack(
         mask[g, :n] = True
         start += n
     return Packed(embeds, positions, segment_ids, source, targets, mask, deepstack)
+
+
+def pack_groups(adapter: VLMAdapter, packs: list[Packed]) -> tuple[Packed, list[slice]]:
+    """Several packed groups laid end to end as one sequence, each attending only to itself (a
+    document mask over the groups, the shared-prefix mask inside each), and the rows of the
+    combined `[sum G, L]` log-probs that belong to each group. One forward replaces len(packs)."""
+    if not packs:
+        raise ValueError("pack_groups needs at least one packed group")
+    if len(packs) == 1:
+        return packs[0], [slice(0, packs[0].targets.shape[0])]
+    device = packs[0].embeds.device
+    width = max(p.targets.shape[1] for p in packs)
+
+    def widened(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+    positions, deepstack = adapter.concat_sequences([p.positions for p in packs], [p.deepstack for p in packs])
+    starts = [0]
+    for p in packs:
+        starts.append(starts[-1] + len(p))
+    rows, first = [], 0
+    for p in packs:
+        rows.append(slice(first, first + p.targets.shape[0]))
+        first += p.targets.shape[0]
+    combined = Packed(
+        embeds=torch.cat([p.embeds for p in packs]),
+        positions=positions,
+        segment_ids=torch.cat([p.segment_ids for p in packs]),
+        source_index=torch.cat([widened(p.source_index + start) for p, start in zip(packs, starts)]),
+        targets=torch.cat([widened(p.targets) for p in packs]),
+        mask=torch.cat([widened(p.mask) for p in packs]),
+        deepstack=deepstack,
+        groups=torch.cat([torch.full((len(p),), k, dtype=torch.long, device=device) for k, p in enumerate(packs)]),
+    )
+    return combined, rows
 
 
 def packed_logprobs(

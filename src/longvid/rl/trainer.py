@@ -49,13 +49,13 @@ from ..model.compress import CompressConfig
 from ..model.sampling import SamplingConfig
 from ..parallel.mesh import Mesh
 from ..parallel.parallelize import parallelize
-from ..training import LoRAConfig, OptimConfig, Trainer
+from ..training import LoRAConfig, OptimConfig, Trainer, pack_consecutive
 from ..video.decode import Frames
 from ..video.sources import is_generated
 from .cache import CacheKey, EmbeddingCache
 from .difficulty import filter_groups
 from .grpo import grpo_loss, group_advantages
-from .packing import Packed, pack, packed_logprobs
+from .packing import Packed, pack, pack_groups, packed_logprobs
 from .rewards import RewardOutput, RewardSuite
 from .rollout import Group, rollout_groups
 
@@ -80,6 +80,7 @@ class GRPOConfig(Validated):
     top_p: float = 1.0
     top_k: int = 0
     num_iterations: int = 1  # optimisation passes over each batch (old log-probs stored)
+    pack_tokens: int = 0  # pack a step's kept groups into forwards of at most this many tokens; 0: one group each
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     beta: float = 0.0
@@ -114,6 +115,10 @@ class GRPOConfig(Validated):
             raise ConfigError("epsilon_low must be in [0, 1) and epsilon_high >= 0")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.pack_tokens < 0:
+            raise ConfigError(f"pack_tokens must be >= 0, got {self.pack_tokens}")
+        if self.pack_tokens and self.compress is not None:
+            raise ConfigError("pack_tokens and compress cannot be combined: a compressed group's pass takes one group at a time")
         if self.reference == "base" and self.lora.rank == 0 and self.beta > 0:
             raise ConfigError("reference=base needs LoRA (lora.rank > 0): it is the model with the adapter disabled")
 
@@ -233,16 +238,22 @@ class GRPOTrainer(Trainer):
             keep = filter_groups(rewards.total.view(len(groups), g)) if cfg.filter_groups else torch.ones(len(groups), dtype=torch.bool)
         kept = [i for i in range(len(groups)) if keep[i]]
         tokens = sum(int(groups[i].samples.mask().sum()) for i in kept)
-        kept_per_rank, total_tokens = self._gather_counts(len(kept), tokens)
-        return _Scored(rewards, advantages, kept, kept_per_rank, total_tokens)
+        if cfg.pack_tokens:
+            lengths = [len(groups[i].encoded.prompt) + sum(len(r) for r in groups[i].responses) for i in kept]
+            chunks = [[kept[j] for j in chunk] for chunk in pack_consecutive(lengths, cfg.pack_tokens)]
+        else:
+            chunks = [[i] for i in kept]
+        kept_per_rank, chunks_per_rank, total_tokens = self._gather_counts(len(kept), len(chunks), tokens)
+        return _Scored(rewards, advantages, kept, kept_per_rank, chunks, chunks_per_rank, total_tokens)
 
     def _optimize(
         self, groups: list[Group], videos: list[VideoInputs | None], scored: _Scored, timer: _PhaseTimer
     ) -> tuple[dict[str, list[float]], float]:
-        """`num_iterations` optimizer steps over the kept groups, one forward/backward per group.
+        """`num_iterations` optimizer steps over the kept groups, one forward/backward per chunk (a
+        group, or with `pack_tokens` several groups packed into one sequence).
 
-        Every data-parallel rank runs the same number of passes (the most groups any rank kept) and
-        the same optimizer steps, whatever it filtered: a rank with fewer kept groups fills up with
+        Every data-parallel rank runs the same number of passes (the most chunks any rank has) and
+        the same optimizer steps, whatever it filtered: a rank with fewer chunks fills up with
         zero-weight passes (zero gradient, same collectives, as FSDP needs). If no rank kept a group,
         every rank skips the update."""
         cfg = self.config
@@ -254,22 +265,21 @@ class GRPOTrainer(Trainer):
         self.adapter.model.train()
         for iteration in range(cfg.num_iterations):
             for slot in range(scored.passes):
-                real = slot < len(scored.kept)
-                i = scored.kept[slot] if real else (scored.kept[0] if scored.kept else 0)  # weighs 0
-                mask, logp, loss, metrics = self._forward_backward(
-                    groups[i], videos[i], scored.advantages[i], old_logps.get(i), scored, 1.0 if real else 0.0, timer
-                )
+                real = slot < len(scored.chunks)
+                chunk = scored.chunks[slot] if real else [scored.kept[0] if scored.kept else 0]  # weighs 0
+                results = self._forward_backward(chunk, groups, videos, scored, old_logps, 1.0 if real else 0.0, timer)
                 if not real:
                     continue
-                if iteration == 0:
-                    # Same weights as the rollout: any difference is a bug in the input path.
-                    diff = (logp - groups[i].samples.logprobs.to(logp.dtype)).abs()[mask]
-                    stats["drift"].append(float(diff.mean()))
-                    stats["drift_max"].append(float(diff.max()))
-                    old_logps[i] = logp
-                stats["loss"].append(float(loss))
-                stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
-                stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
+                for i, (mask, logp, loss, metrics) in zip(chunk, results):
+                    if iteration == 0:
+                        # Same weights as the rollout: any difference is a bug in the input path.
+                        diff = (logp - groups[i].samples.logprobs.to(logp.dtype)).abs()[mask]
+                        stats["drift"].append(float(diff.mean()))
+                        stats["drift_max"].append(float(diff.max()))
+                        old_logps[i] = logp
+                    stats["loss"].append(float(loss))
+                    stats["kl"].append(float(metrics.get("kl", torch.tensor(0.0))))
+                    stats["clip"].append(float(metrics.get("clip_ratio/region_mean", torch.tensor(0.0))))
             # Every rank's loss is normalised per rank (TRL's convention): average over data parallel.
             grad_norm = self.optimizer_step(dp_mean=True)
             if cfg.train_vision:
@@ -278,43 +288,64 @@ class GRPOTrainer(Trainer):
 
     def _forward_backward(
         self,
-        group: Group,
-        video: VideoInputs | None,
-        advantages: torch.Tensor,
-        old_logp: torch.Tensor | None,
+        chunk: list[int],
+        groups: list[Group],
+        videos: list[VideoInputs | None],
         scored: _Scored,
+        old_logps: dict[int, torch.Tensor],
         weight: float,
         timer: _PhaseTimer,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Policy and reference passes over one packed group, its GRPO loss, and `weight * loss`'s
-        backward. Returns the response mask, the detached log-probs, the loss and its metrics."""
-        cfg = self.config
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """One policy and one reference pass over the chunk's groups, packed together, each group's
+        GRPO loss, and the backward of `weight` x their sum. Returns per group the response mask,
+        the detached log-probs, the loss and its metrics."""
         with timer("policy"):
-            packed, layout = self._policy_inputs(group, video)
-            logp = self._logprobs(self.adapter, packed, layout, self.sp)
+            parts = [self._policy_inputs(groups[i], videos[i]) for i in chunk]
+            packed, rows = pack_groups(self.adapter, [part[0] for part in parts])
+            logp = self._logprobs(self.adapter, packed, parts[0][1], self.sp)
         with timer("reference"):
-            ref_logp = self._reference_logprobs(group)
+            ref_logp = self._reference_logprobs([groups[i] for i in chunk])
         with timer("backward"):
-            loss, metrics = grpo_loss(
-                logp,
-                old_logp,  # None on the first pass: the ratio is 1 in value, as TRL's single iteration
-                ref_logp,
-                advantages.to(logp.dtype),
-                packed.mask,
-                epsilon_low=cfg.epsilon_low,
-                epsilon_high=cfg.epsilon_high,
-                beta=cfg.beta,
-                loss_type=cfg.loss_type,
-                max_completion_length=cfg.max_new_tokens,
-                num_items_in_batch=scored.tokens,
-                num_processes=self.sp.mesh.dp_size,
-                gradient_accumulation_steps=scored.accumulation,
-                kl_ratio_correction=cfg.kl_ratio_correction,
-                log_ratio_clamp=cfg.log_ratio_clamp,
-                dual_clip=cfg.dual_clip,
-            )
-            (loss * weight).backward()
-        return packed.mask, logp.detach(), loss.detach(), metrics
+            results, total = [], 0.0
+            for i, (part, _), row in zip(chunk, parts, rows):
+                width = part.targets.shape[1]  # each group's loss sees exactly its own [G, L]
+                mine = logp[row, :width]
+                loss, metrics = self._group_loss(
+                    mine, old_logps.get(i), None if ref_logp is None else ref_logp[row, :width], scored.advantages[i], part.mask, scored
+                )
+                total = total + loss
+                results.append((part.mask, mine.detach(), loss.detach(), metrics))
+            (total * weight).backward()
+        return results
+
+    def _group_loss(
+        self,
+        logp: torch.Tensor,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        scored: _Scored,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        return grpo_loss(
+            logp,
+            old_logp,  # None on the first pass: the ratio is 1 in value, as TRL's single iteration
+            ref_logp,
+            advantages.to(logp.dtype),
+            mask,
+            epsilon_low=cfg.epsilon_low,
+            epsilon_high=cfg.epsilon_high,
+            beta=cfg.beta,
+            loss_type=cfg.loss_type,
+            max_completion_length=cfg.max_new_tokens,
+            num_items_in_batch=scored.tokens,
+            num_processes=self.sp.mesh.dp_size,
+            gradient_accumulation_steps=scored.accumulation,
+            kl_ratio_correction=cfg.kl_ratio_correction,
+            log_ratio_clamp=cfg.log_ratio_clamp,
+            dual_clip=cfg.dual_clip,
+        )
 
     def _record(
         self, groups: list[Group], scored: _Scored, stats: dict[str, list[float]], grad_norm: float, timer: _PhaseTimer
@@ -334,22 +365,23 @@ class GRPOTrainer(Trainer):
             "drift_max": max(stats["drift_max"], default=0.0),
             "groups_kept": len(scored.kept),
             "groups_kept_all_ranks": sum(scored.kept_per_rank),
+            "passes": scored.passes,  # policy forwards per iteration (fewer than groups_kept when packed)
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
             "cache_hit_rate": self.cache.stats.hit_rate,
             **{f"time/{k}": v for k, v in timer.times.items()},
         }
 
-    def _gather_counts(self, kept: int, tokens: int) -> tuple[list[int], float]:
-        """Kept groups of every data-parallel rank, and the kept completion tokens over all of them."""
+    def _gather_counts(self, kept: int, chunks: int, tokens: int) -> tuple[list[int], list[int], float]:
+        """Kept groups and chunks of every data-parallel rank, and the kept completion tokens over all of them."""
         mesh = self.sp.mesh
         if mesh.dp_size == 1:
-            return [kept], float(tokens)
-        mine = torch.tensor([kept, tokens], dtype=torch.float64, device=self.adapter.device)
-        everyone = mine.new_empty(mesh.dp_size * 2)
+            return [kept], [chunks], float(tokens)
+        mine = torch.tensor([kept, chunks, tokens], dtype=torch.float64, device=self.adapter.device)
+        everyone = mine.new_empty(mesh.dp_size * 3)
         torch.distributed.all_gather_single(everyone, mine, group=mesh.dp_group)
-        counts = everyone.view(mesh.dp_size, 2).cpu()
-        return [int(k) for k in counts[:, 0]], float(counts[:, 1].sum())
+        counts = everyone.view(mesh.dp_size, 3).cpu()
+        return [int(k) for k in counts[:, 0]], [int(c) for c in counts[:, 1]], float(counts[:, 2].sum())
 
     def _advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """Group advantages; "batch" scaling uses the std of the whole data-parallel batch, as TRL does."""
@@ -417,17 +449,23 @@ class GRPOTrainer(Trainer):
         visual = group.encoded.visual if video is None else self.sp.encode(video, chunk_patches=self.config.video.encode_chunk)
         return self._packed(self.adapter, group, visual, self.compression.summary if self.compression else None)
 
-    def _reference_logprobs(self, group: Group) -> torch.Tensor | None:
-        """The reference pass reuses the step's cached embeddings; it never re-encodes."""
+    def _reference_logprobs(self, chunk: list[Group]) -> torch.Tensor | None:
+        """The reference pass over the chunk's groups packed together, as the policy's; it reuses the
+        step's cached embeddings and never re-encodes."""
         if self.config.beta == 0:
             return None
         summary = self.reference_summary
+
+        def run(adapter: VLMAdapter, sp) -> torch.Tensor:
+            parts = [self._packed(adapter, group, group.encoded.visual, summary) for group in chunk]
+            return self._logprobs(adapter, pack_groups(adapter, [part[0] for part in parts])[0], parts[0][1], sp)
+
         with torch.no_grad():
             if self.reference is not None:
-                return self._logprobs(self.reference, *self._packed(self.reference, group, group.encoded.visual, summary), self.ref_sp)
+                return run(self.reference, self.ref_sp)
             swap = self.compression.summary.replaced_by(summary, self.adapter) if summary else contextlib.nullcontext()
             with self.adapter.model.disable_adapter(), swap:
-                return self._logprobs(self.adapter, *self._packed(self.adapter, group, group.encoded.visual, summary), self.sp)
+                return run(self.adapter, self.sp)
 
     # -- checkpoint state ---------------------------------------------------------------------------
 
@@ -448,12 +486,14 @@ class _Scored:
     advantages: torch.Tensor  # [B, G]
     kept: list[int]  # this rank's groups that train
     kept_per_rank: list[int]  # kept groups of every data-parallel rank
+    chunks: list[list[int]]  # this rank's kept groups, as the packs of one forward each
+    chunks_per_rank: list[int]  # chunks of every data-parallel rank
     tokens: float  # kept completion tokens over all data-parallel ranks ("dapo"'s normaliser)
 
     @property
     def passes(self) -> int:
         """Forward/backward passes per iteration, the same on every rank."""
-        return max(self.kept_per_rank)
+        return max(self.chunks_per_rank)
 
     @property
     def accumulation(self) -> float:

@@ -27,7 +27,7 @@ from ..inputs import question_text, target_text, with_response
 from ..model.adapter import VLMAdapter
 from ..model.compress import CompressConfig
 from ..parallel.mesh import Mesh
-from ..training import LoRAConfig, OptimConfig, Trainer
+from ..training import LoRAConfig, OptimConfig, Trainer, pack_consecutive
 from ..video.decode import Frames
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class SFTTrainer(Trainer):
         """(loss, tokens) of each pack: consecutive samples laid end to end, up to `pack_tokens`,
         one forward under a document mask (each sample attends only to itself)."""
         parts = [self._inputs(sample, target) for _, (sample, target) in mine]
-        for pack in _packs([len(part[0]) for part in parts], self.config.pack_tokens):
+        for pack in pack_consecutive([len(part[0]) for part in parts], self.config.pack_tokens):
             chosen = [parts[i] for i in pack]
             embeds = torch.cat([part[0] for part in chosen])
             positions, deepstack = self.adapter.concat_sequences([part[1] for part in chosen], [part[4].deepstack for part in chosen])
@@ -172,16 +172,3 @@ class SFTTrainer(Trainer):
             hidden = self.sp.hidden_states(embeds, positions, masks.document(segments), deepstack=deepstack)
             yield self._loss(hidden, self.sp.shard(labels, pad_value=-100), total_tokens), embeds.shape[0]
 
-
-def _packs(lengths: list[int], budget: int) -> list[list[int]]:
-    """Consecutive indices grouped so each group's lengths sum to at most `budget` (a longer item
-    stands alone)."""
-    packs: list[list[int]] = []
-    used = budget
-    for i, n in enumerate(lengths):
-        if used + n > budget:
-            packs.append([])
-            used = 0
-        packs[-1].append(i)
-        used += n
-    return packs
