@@ -9,6 +9,7 @@ continue from the prefix end. Per-token log-probs and gradients equal the G sepa
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -94,13 +95,9 @@ def pack_groups(adapter: VLMAdapter, packs: list[Packed]) -> tuple[Packed, list[
         return torch.nn.functional.pad(t, (0, width - t.shape[1]))
 
     positions, deepstack = adapter.concat_sequences([p.positions for p in packs], [p.deepstack for p in packs])
-    starts = [0]
-    for p in packs:
-        starts.append(starts[-1] + len(p))
-    rows, first = [], 0
-    for p in packs:
-        rows.append(slice(first, first + p.targets.shape[0]))
-        first += p.targets.shape[0]
+    starts = [0, *itertools.accumulate(len(p) for p in packs)]
+    firsts = [0, *itertools.accumulate(p.targets.shape[0] for p in packs)]
+    rows = [slice(a, b) for a, b in zip(firsts, firsts[1:])]
     combined = Packed(
         embeds=torch.cat([p.embeds for p in packs]),
         positions=positions,

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 
 from ..config import ModelConfig, ParallelConfig, Validated, VideoConfig
@@ -49,6 +48,7 @@ from ..model.compress import CompressConfig
 from ..model.sampling import SamplingConfig
 from ..parallel.mesh import Mesh
 from ..parallel.parallelize import parallelize
+from ..seeds import derived_seed
 from ..training import LoRAConfig, OptimConfig, Trainer, pack_consecutive
 from ..video.decode import Frames
 from ..video.sources import is_generated
@@ -208,8 +208,7 @@ class GRPOTrainer(Trainer):
         return groups, list(videos)
 
     def _prompt_seed(self, place: int, *stream: int) -> int:
-        seed = np.random.SeedSequence((self.config.seed, self.step, place, *stream)).generate_state(1, np.uint64)[0]
-        return int(seed)
+        return derived_seed(self.config.seed, self.step, place, *stream)
 
     def _prompt_generator(self, place: int) -> torch.Generator:
         """The random stream of one prompt, a function of (seed, step, place in the global batch) only:

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..video.decode import encode_mp4
+from ..seeds import derived_seed
 from .tasks import CATEGORIES, LETTERS, NOMINAL_FPS, TASKS, make_sample
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def _sample_seed(seed: int, index: int) -> int:
     # Hashed, 63-bit: datasets made with different seeds never share a sample.
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return derived_seed(seed, index) >> 1
 
 
 def write_dataset(

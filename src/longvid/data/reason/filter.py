@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,6 +20,7 @@ from ...answers import judge
 from ...model.adapter import VLMAdapter
 from ...model.sampling import SamplingConfig
 from ...respond import respond_samples
+from ...seeds import derived_seed
 from ..dataset import VideoDataset
 from ..schema import CATEGORIES, write_jsonl
 
@@ -104,16 +104,12 @@ def answer_many(
     bar = tqdm(total=len(samples), desc="answering", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(_question_seed(seed, start + i)) for i in range(len(batch))]
+        generators = [torch.Generator().manual_seed(derived_seed(seed, start + i)) for i in range(len(batch))]
         texts = respond_samples(adapter, batch, [dataset.load_frames(s) for s in batch], num_answers, config, generators=generators)
         correct += [[judge(t, s.answer, s.options).correct for t in answers] for s, answers in zip(batch, texts)]
         bar.update(len(batch))
     bar.close()
     return correct
-
-
-def _question_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0])
 
 
 def write_splits(dataset: VideoDataset, correct: list[list[bool]], source: str | Path) -> dict[str, Path]:
