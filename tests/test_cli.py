@@ -87,5 +87,7 @@ def test_quick_demo_beats_chance_and_reports_the_recipe(tmp_path):
     assert "| category | easy | medium | hard | total |" in report and "Frames scaling" in report
     for note in metrics["notes"]:
         assert note in report
-    for png in ("sft_loss.png", "grpo_reward.png", "accuracy_by_category.png", "frames_scaling.png"):
+    per_category = {k for step in metrics["grpo"] for k in step if k.startswith("accuracy/")}
+    assert per_category and per_category <= {f"accuracy/{c}" for c in metrics["categories"]}
+    for png in ("sft_loss.png", "grpo_reward.png", "grpo_accuracy_by_category.png", "accuracy_by_category.png", "frames_scaling.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 1000

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from longvid.cli import main
-from longvid.demo import DemoPlan, _at_chance_text, categories_at_chance, run_demo_seeds
+from longvid.demo import DemoPlan, _at_chance_text, _running_mean, categories_at_chance, run_demo_seeds
 from longvid.eval.mcq import EvalResult
 
 # Seconds per seed: the recipe's every stage, at a size that proves the wiring, not the learning.
@@ -52,3 +52,9 @@ def test_categories_at_chance_after_every_stage_are_named():
     assert categories_at_chance(stages, 0.25) == ["spatial"]  # goal left chance after GRPO
     assert "At chance after every stage: spatial" in _at_chance_text(stages, 0.25)
     assert _at_chance_text({"after SFT": result(goal=0.5)}, 0.25) == ""
+
+
+def test_running_mean_averages_the_last_window_points_and_keeps_their_steps():
+    points = [(1, 0.0), (3, 1.0), (4, 0.5), (9, 0.0)]
+    assert _running_mean(points, 2) == [(1, 0.0), (3, 0.5), (4, 0.75), (9, 0.25)]
+    assert _running_mean(points, 10) == [(1, 0.0), (3, 0.5), (4, 0.5), (9, 0.375)]

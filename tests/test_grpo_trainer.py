@@ -1,5 +1,7 @@
 """The GRPO trainer: encode once, zero rollout/training drift, reference KL, exact resume."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from helpers import crash_after, flash_set
 from longvid.config import ModelConfig, VideoConfig
 from longvid.errors import ConfigError
 from longvid.model import load_adapter
+from longvid.rl.rewards import RewardSuite
 from longvid.rl.trainer import GRPOConfig, GRPOTrainer
 from longvid.training import OptimConfig
 
@@ -41,6 +44,19 @@ def test_each_video_is_encoded_once_and_rollout_equals_training_inputs(tmp_path)
         assert record["drift_max"] < 1e-4  # same inputs, same weights: only float noise
         assert 1 <= record["response_length"] <= 8
         assert set(record) >= {"reward/accuracy", "reward/format", "time/rollout", "time/policy", "clip_fraction"}
+
+
+def test_records_accuracy_per_category_of_the_steps_rollouts(tmp_path):
+    samples, frames = flash_set(4, num_frames=8)
+    categories = ("temporal", "plot", "goal", "plot")
+    samples = [dataclasses.replace(s, category=c) for s, c in zip(samples, categories)]
+    trainer = GRPOTrainer(load_adapter(ModelConfig(seed=1)), _config(tmp_path, steps=2, batch_size=4, group_size=3), samples, frames)
+    # An accuracy reward that scores by category, so every category's mean is known in advance.
+    score = {"temporal": 1.0, "plot": 0.5, "goal": 0.0}
+    trainer.rewards = RewardSuite({"accuracy": lambda prompts, completions, category, **_: [score[c] for c in category]})
+    for record in trainer.train():
+        assert {k: v for k, v in record.items() if k.startswith("accuracy/")} == {f"accuracy/{c}": v for c, v in score.items()}
+        assert record["reward/accuracy"] == pytest.approx((1.0 + 0.5 + 0.0 + 0.5) / 4)
 
 
 def test_with_a_video_key_cache_hits_skip_decoding(tmp_path):

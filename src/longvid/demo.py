@@ -213,6 +213,12 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         {name: [(h["step"], h[key]) for h in grpo_history] for name, key in (("total", "reward"), ("accuracy", "reward/accuracy"), ("format", "reward/format"))},
         out / "grpo_reward.png", title="GRPO reward (training rollouts)", ylabel="mean reward per response",
     )
+    by_category = {c: [(h["step"], h[f"accuracy/{c}"]) for h in grpo_history if f"accuracy/{c}" in h] for c in CATEGORIES}
+    plot_curves(
+        {c: _running_mean(points, CURVE_WINDOW) for c, points in by_category.items() if points},
+        out / "grpo_accuracy_by_category.png", title=f"GRPO training accuracy per category (mean of the last {CURVE_WINDOW} steps)",
+        ylabel="accuracy reward", ylim=(0.0, 1.0),
+    )
     stages = {"after SFT": sft_result, "after GRPO": result}
     plot_category_bars({name: {c: v["accuracy"] for c, v in r.per_category.items()} for name, r in stages.items()}, out / "accuracy_by_category.png", chance=result.chance)
     plot_frames_scaling({"after GRPO": [(r.num_frames, r.accuracy) for r in scaling]}, out / "frames_scaling.png", chance=scaling[0].chance)
@@ -229,7 +235,7 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
         "grpo_rows": len(rl_rows),
         "grpo_split": grpo_split,
         "notes": notes,
-        "grpo": [{k: h[k] for k in ("step", "reward", "reward/accuracy", "reward/format", "kl", "drift")} for h in grpo_history],
+        "grpo": [{k: v for k, v in h.items() if k in GRPO_KEYS or k.startswith("accuracy/")} for h in grpo_history],
         "frames_scaling": [{"frames": r.num_frames, "accuracy": r.accuracy} for r in scaling],
         "final_train_loss": history[-1]["loss"],
         "plan": plan.__dict__,
@@ -241,6 +247,15 @@ def run_demo(out: str | Path, *, quick: bool = False, seed: int = 0, progress: b
     (out / "report.md").write_text(_report(plan, stages, scaling, grpo_history, timings, quick, table, notes, len(sft_rows), len(rl_rows)))
     log.info("demo done in %.0f s: accuracy %.3f (chance %.3f); report in %s", timings["total_s"], result.accuracy, result.chance, out)
     return metrics
+
+
+GRPO_KEYS = ("step", "reward", "reward/accuracy", "reward/format", "kl", "drift")  # kept per step in metrics.json
+CURVE_WINDOW = 20  # a step has ~2 prompts per category: the per-category curve is a running mean
+
+
+def _running_mean(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    values = [v for _, v in points]
+    return [(step, sum(values[max(0, i + 1 - window) : i + 1]) / min(i + 1, window)) for i, (step, _) in enumerate(points)]
 
 
 def _scaling_text(plan: DemoPlan, scaling) -> str:
@@ -315,6 +330,8 @@ Training-rollout reward {first['reward']:.3f} → {last['reward']:.3f} (accuracy
 (same inputs by construction).
 
 ![reward](grpo_reward.png)
+
+![training accuracy per category](grpo_accuracy_by_category.png)
 
 ## Frames scaling (first {plan.scaling_samples} test questions; trained at {plan.train_frames} frames)
 

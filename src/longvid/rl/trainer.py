@@ -357,6 +357,7 @@ class GRPOTrainer(Trainer):
             "reward": float(scored.rewards.total.mean()),
             **{f"reward/{name}": value for name, value in means.items()},
             "accuracy": means.get("accuracy", float("nan")),
+            **self._accuracy_by_category(groups, scored.rewards),
             "kl": _mean(stats["kl"]),
             "clip_fraction": _mean(stats["clip"]),
             "response_length": float(lengths.mean()),
@@ -370,6 +371,18 @@ class GRPOTrainer(Trainer):
             "cache_hit_rate": self.cache.stats.hit_rate,
             **{f"time/{k}": v for k, v in timer.times.items()},
         }
+
+    def _accuracy_by_category(self, groups: list[Group], rewards: RewardOutput) -> dict[str, float]:
+        """`accuracy/<category>`: this rank's mean accuracy reward per category in the step's rollouts,
+        so a category that GRPO lifts or lets slide shows in the curves (keys only for categories present)."""
+        if "accuracy" not in rewards.names:
+            return {}
+        accuracy = rewards.per_func[:, rewards.names.index("accuracy")].view(len(groups), -1)
+        by_category: dict[str, list[torch.Tensor]] = {}
+        for grp, row in zip(groups, accuracy):
+            if grp.encoded.sample.category:
+                by_category.setdefault(grp.encoded.sample.category, []).append(row)
+        return {f"accuracy/{c}": torch.nanmean(torch.cat(rows)).item() for c, rows in sorted(by_category.items())}
 
     def _gather_counts(self, kept: int, chunks: int, tokens: int) -> tuple[list[int], list[int], float]:
         """Kept groups and chunks of every data-parallel rank, and the kept completion tokens over all of them."""
